@@ -3,7 +3,9 @@
 //! Pure modules (`config`, `http`, `xfcc`, `tls`, `pki`) take bytes and values and never touch
 //! the runtime; `proxy` and `worker` are the thin I/O shell around them.
 
+pub mod app;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod pki;
 pub mod proxy;

@@ -1,0 +1,147 @@
+//! The `certgate` command line: run a config, check it, or start the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// Exit status for bad configuration or input files (sysexits EX_USAGE, as linkerd does).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "certgate",
+    version,
+    about = "io_uring TLS terminator that puts mutual TLS in front of any HTTP/1.1 app"
+)]
+struct Cli {
+    /// Configuration file (TOML) to run.
+    #[arg(long, short, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and validate the config and every certificate and key it names, then exit.
+    Check,
+    /// Run a throwaway CA, an echo app and an `accept`-mode listener, and print curl commands.
+    Demo {
+        /// Address of the demo's TLS listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        bind: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CERTGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(cli.config),
+        Some(Command::Demo { bind }) => demo(bind),
+        None => run(cli.config),
+    }
+}
+
+fn need_config(config: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    config.ok_or_else(|| {
+        eprintln!("certgate: --config FILE is required (or try `certgate demo`)");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    let path = match need_config(config) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match certgate::app::load(&path) {
+        Ok(prepared) => {
+            println!(
+                "{}: OK, {} worker(s)",
+                path.display(),
+                prepared.config.worker_count()
+            );
+            for line in &prepared.summaries {
+                println!("  {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("certgate: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> ExitCode {
+    let path = match need_config(config) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let prepared = match certgate::app::load(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("certgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for line in &prepared.summaries {
+        tracing::info!("{line}");
+    }
+    let server = match certgate::app::start(prepared) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("certgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    wait_for_signal();
+    tracing::info!("shutting down: draining in-flight requests");
+    server.shutdown();
+    ExitCode::SUCCESS
+}
+
+fn demo(bind: std::net::SocketAddr) -> ExitCode {
+    let dir = std::env::temp_dir().join(format!("certgate-demo-{}", std::process::id()));
+    match certgate::demo::start(&dir, bind) {
+        Ok(demo) => {
+            println!("{}", demo.instructions());
+            wait_for_signal();
+            demo.server.shutdown();
+            let _ = std::fs::remove_dir_all(&dir);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("certgate demo: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(mut signals) => {
+            let _ = signals.forever().next();
+        }
+        Err(e) => {
+            eprintln!("certgate: cannot install signal handlers ({e}); running until killed");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The I/O shell of one client connection: TLS handshake, then HTTP/1.1 exchanges relayed to the
+//! upstream pool. Everything a decision needs comes from the pure modules (`http`, `xfcc`).
+
+mod buffers;
+pub mod error;
+mod session;
+mod tls_conn;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use monoio::net::TcpStream;
+use rustls::ServerConfig;
+use tracing::debug;
+
+use crate::config::Timeouts;
+use crate::http::request::Limits;
+use crate::worker::Shutdown;
+
+pub use tls_conn::TlsConn;
+
+/// What one worker knows about one listener. Built once per worker at startup; connections
+/// share it through an `Rc` (never crosses threads).
+pub struct ListenerCtx {
+    pub name: String,
+    pub tls: Arc<ServerConfig>,
+    pub pool: upstream::Pool,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub shutdown: Rc<Shutdown>,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
+    let _ = tcp.set_nodelay(true);
+    let conn = match rustls::ServerConnection::new(ctx.tls.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(listener = %ctx.name, %peer, "TLS setup failed: {e}");
+            return;
+        }
+    };
+    let mut tls = TlsConn::new(tcp, conn);
+    match monoio::time::timeout(ctx.timeouts.handshake, tls.handshake()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            debug!(listener = %ctx.name, %peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(listener = %ctx.name, %peer, "TLS handshake timed out");
+            return;
+        }
+    }
+    session::Session::new(tls, peer, ctx).run().await;
+}

@@ -1,0 +1,102 @@
+//! Per-worker keep-alive pool of plain TCP connections to one upstream app.
+//!
+//! Owned by one worker thread (`Rc`, `RefCell`): no locks. A connection goes back to the pool
+//! only after a response was read to its exact end, so no byte of one client's exchange can be
+//! seen by the next user of the connection.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+/// An idle upstream connection older than this is probed before reuse: the app may have closed it.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// Idle connections kept per worker and upstream.
+const MAX_IDLE: usize = 256;
+
+pub struct Pool {
+    addr: SocketAddr,
+    idle: RefCell<Vec<(TcpStream, Instant)>>,
+}
+
+/// A connection borrowed from the pool or freshly made.
+pub struct Upstream {
+    pub stream: TcpStream,
+    /// True when it came from the pool: a failure before any byte of the request was taken
+    /// by the app may then be retried once on a fresh connection.
+    pub reused: bool,
+}
+
+impl Pool {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            idle: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Takes the most recently used idle connection that is still open.
+    pub fn take(&self) -> Option<Upstream> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < PROBE_AFTER || still_open(&stream) {
+                return Some(Upstream {
+                    stream,
+                    reused: true,
+                });
+            }
+        }
+        None
+    }
+
+    pub async fn connect(&self, timeout: Duration) -> std::io::Result<Upstream> {
+        let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(self.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(Upstream {
+            stream,
+            reused: false,
+        })
+    }
+
+    pub fn put(&self, stream: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() < MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn clear(&self) {
+        self.idle.borrow_mut().clear();
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+}
+
+/// A non-blocking peek: an idle keep-alive connection must have nothing to read. EOF or stray
+/// bytes both mean it must not carry another request.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv into one valid byte on a socket this process owns; MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}

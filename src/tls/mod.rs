@@ -1,0 +1,192 @@
+//! TLS policy: one rustls `ServerConfig` per listener, built once at startup from its config.
+//!
+//! Everything here runs at setup time; the per-connection path only clones the `Arc` it returns.
+//! Certificate and key files are read and checked here, and every failure names the file.
+
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ClientCertMode, Listener};
+
+/// ALPN: certgate speaks HTTP/1.1 to clients only.
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Number of TLS 1.2 sessions kept per listener for session-ID resumption.
+const SESSION_CACHE_ENTRIES: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Pem { path: PathBuf, what: String },
+    #[error("{path}: {what}")]
+    BadCa { path: PathBuf, what: String },
+    #[error("listener {listener}: certificate {cert} and key {key} do not fit together: {what}")]
+    KeyMismatch {
+        listener: String,
+        cert: PathBuf,
+        key: PathBuf,
+        what: String,
+    },
+    #[error("listener {listener}: {what}")]
+    Setup { listener: String, what: String },
+}
+
+/// The crypto provider every certgate config uses: ring, with rustls' default suite order
+/// (AEAD suites only: rustls implements no other kind).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads every `CERTIFICATE` block of a PEM file, in file order.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("invalid PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "no CERTIFICATE block found".into(),
+        });
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        webpki::EndEntityCert::try_from(cert).map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("certificate #{} is not valid X.509: {e:?}", i + 1),
+        })?;
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key of a PEM file: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_file(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        what: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "no private key found (expected PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY)"
+                    .into()
+            }
+            other => format!("invalid private key PEM: {other}"),
+        },
+    })
+}
+
+/// Loads the trust anchors for client certificates.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::BadCa {
+            path: path.to_owned(),
+            what: format!("not usable as a trust anchor: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// What a listener's TLS setup produced; the summary is printed by `certgate check`.
+pub struct ListenerTls {
+    pub config: Arc<ServerConfig>,
+    pub summary: String,
+}
+
+/// Builds the rustls config for one listener. Slow and thorough: reads and validates every file.
+pub fn server_config(
+    listener: &Listener,
+    max_client_chain: usize,
+) -> Result<ListenerTls, TlsError> {
+    let provider = provider();
+    let chain = load_certs(&listener.cert)?;
+    let key = load_key(&listener.key)?;
+    let roots = match &listener.client_ca {
+        Some(path) => Some((path, load_roots(path)?)),
+        None => None,
+    };
+    let setup = |what: String| TlsError::Setup {
+        listener: listener.name.clone(),
+        what,
+    };
+
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| setup(format!("protocol versions: {e}")))?;
+    let verifier = match listener.client_certificate_mode {
+        ClientCertMode::Ignore => None,
+        mode => Some(
+            verify::ClientVerifier::new(
+                mode == ClientCertMode::Require,
+                roots.as_ref().map(|(_, r)| r.clone()),
+                max_client_chain,
+                &provider,
+            )
+            .map_err(|e| setup(format!("client_ca: {e}")))?,
+        ),
+    };
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        Some(v) => builder.with_client_cert_verifier(Arc::new(v)),
+    };
+    let leaf_count = chain.len();
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::KeyMismatch {
+            listener: listener.name.clone(),
+            cert: listener.cert.clone(),
+            key: listener.key.clone(),
+            what: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    if listener.session_resumption {
+        // One ticketer per listener, shared by every worker of it: a client resumes on any
+        // worker, but never across listeners, so a ticket issued under a laxer client-cert
+        // policy cannot skip a stricter one (nginx CVE-2025-23419).
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| setup(format!("session ticketer: {e}")))?;
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    } else {
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+
+    let summary = format!(
+        "listener {name}: bind {bind} -> upstream {up}; client_certificate_mode={mode}; \
+         trust={trust}; certificate chain of {leaf_count}; session_resumption={res}",
+        name = listener.name,
+        bind = listener.bind,
+        up = listener.upstream_authority,
+        mode = listener.client_certificate_mode,
+        trust = match &roots {
+            Some((path, r)) => format!("{} ({} anchors)", path.display(), r.len()),
+            None => "any certificate (proof of key possession only)".into(),
+        },
+        res = listener.session_resumption,
+    );
+    Ok(ListenerTls {
+        config: Arc::new(config),
+        summary,
+    })
+}

@@ -1,0 +1,134 @@
+//! Client-certificate verification for the `accept` and `require` modes.
+//!
+//! Without a trust store any certificate is accepted (Azure Container Apps' behaviour: the app
+//! judges what it receives), but the client must still prove it holds the key: rustls calls
+//! `verify_tls1x_signature` on its CertificateVerify whatever `verify_client_cert` answered.
+//! With a trust store, webpki builds the path through the intermediates the client sent.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+#[derive(Debug)]
+pub struct ClientVerifier {
+    mandatory: bool,
+    /// webpki path building against the configured `client_ca`, if any.
+    trusted: Option<Arc<dyn ClientCertVerifier>>,
+    max_chain: usize,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientVerifier {
+    pub fn new(
+        mandatory: bool,
+        roots: Option<RootCertStore>,
+        max_chain: usize,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let trusted = match roots {
+            Some(roots) => {
+                let builder =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let builder = if mandatory {
+                    builder
+                } else {
+                    builder.allow_unauthenticated()
+                };
+                Some(builder.build()?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            mandatory,
+            trusted,
+            max_chain: max_chain.max(1),
+            algs: provider.signature_verification_algorithms,
+        })
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        match &self.trusted {
+            Some(v) => v.root_hint_subjects(),
+            // No hints: clients then offer whatever certificate they have.
+            None => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        if intermediates.len() + 1 > self.max_chain {
+            // Long chains cost path building and make the forwarded header huge.
+            return Err(Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(ChainTooLong(self.max_chain))),
+            )));
+        }
+        match &self.trusted {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => {
+                // Still insist on parseable X.509: the header and proof of possession need it.
+                webpki::EndEntityCert::try_from(end_entity)
+                    .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+                Ok(ClientCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct ChainTooLong(usize);
+
+impl std::fmt::Display for ChainTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "client certificate chain longer than {} certificates",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ChainTooLong {}

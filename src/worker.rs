@@ -1,0 +1,425 @@
+//! Thread-per-core workers: each owns a monoio runtime, its own `SO_REUSEPORT` socket per
+//! listener, its upstream pools and every connection it accepts, from accept to close.
+//!
+//! Sockets are bound on the calling thread before any worker starts, so a bad address fails
+//! startup with a clear error, and port 0 resolves to one port shared by all workers.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use monoio::io::AsyncReadRent;
+use monoio::net::{TcpListener, UnixStream};
+use rustls::ServerConfig;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Timeouts};
+use crate::http::request::Limits;
+use crate::proxy::{self, upstream::Pool, ListenerCtx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start worker thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// A shutdown flag that tasks of one worker can wait on. Single-threaded: `Rc` + `Cell`.
+/// A waiting task's waker is removed when its wait ends, so the many short idle waits of a
+/// long-lived keep-alive connection leave nothing behind.
+#[derive(Default)]
+pub struct Shutdown {
+    set: Cell<bool>,
+    waiters: RefCell<Slab>,
+}
+
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Shutdown {
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub fn trigger(&self) {
+        self.set.set(true);
+        for w in self.waiters.borrow_mut().slots.iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves once `trigger` was called.
+    pub fn wait(&self) -> ShutdownWait<'_> {
+        ShutdownWait {
+            shutdown: self,
+            slot: None,
+        }
+    }
+}
+
+pub struct ShutdownWait<'a> {
+    shutdown: &'a Shutdown,
+    slot: Option<usize>,
+}
+
+impl Future for ShutdownWait<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.shutdown.set.get() {
+            return Poll::Ready(());
+        }
+        let mut slab = this.shutdown.waiters.borrow_mut();
+        let waker = Some(cx.waker().clone());
+        match this.slot {
+            Some(i) => slab.slots[i] = waker,
+            None => {
+                let i = match slab.free.pop() {
+                    Some(i) => {
+                        slab.slots[i] = waker;
+                        i
+                    }
+                    None => {
+                        slab.slots.push(waker);
+                        slab.slots.len() - 1
+                    }
+                };
+                this.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for ShutdownWait<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            let mut slab = self.shutdown.waiters.borrow_mut();
+            slab.slots[i] = None;
+            slab.free.push(i);
+        }
+    }
+}
+
+/// Wakes every task waiting on it, each time it is notified (single-threaded).
+#[derive(Default)]
+struct Event {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Event {
+    fn notify(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Resolves at the next `notify` after this call.
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        let seen = self.generation.get();
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            if self.generation.get() != seen {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Counts a worker's open connections and lets the accept loop wait for a free slot.
+#[derive(Default)]
+struct ConnGauge {
+    open: Cell<usize>,
+    freed: Event,
+}
+
+struct ConnGuard(Rc<ConnGauge>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        // Wake whoever waits for a slot (accept loop) or for zero (drain).
+        self.0.freed.notify();
+    }
+}
+
+/// What every worker gets for one listener.
+#[derive(Clone)]
+pub struct ListenerPlan {
+    pub name: String,
+    pub tls: Arc<ServerConfig>,
+    pub upstream: SocketAddr,
+}
+
+/// A running server: its bound addresses, and the means to stop it.
+pub struct Server {
+    addrs: Vec<SocketAddr>,
+    stop: Vec<StdUnixStream>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Local address of each listener, in config order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), then returns.
+    pub fn shutdown(mut self) {
+        self.stop.clear(); // Closing our ends wakes every worker with EOF.
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks until every worker has exited.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Binds every listener once per worker and starts the workers.
+pub fn start(config: &Config, plans: Vec<ListenerPlan>) -> Result<Server, WorkerError> {
+    let workers = config.worker_count();
+    let uring = monoio::utils::detect_uring() && std::env::var_os("CERTGATE_EPOLL").is_none();
+    if !uring {
+        warn!("io_uring is unavailable: falling back to the epoll driver");
+    }
+    // sockets[w][l]: worker w's socket for listener l.
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for (plan, listener) in plans.iter().zip(&config.listeners) {
+        let mut addr = listener.bind;
+        for per_worker in sockets.iter_mut() {
+            let sock = bind(addr).map_err(|source| WorkerError::Bind {
+                listener: plan.name.clone(),
+                addr,
+                source,
+            })?;
+            if addr.port() == 0 {
+                addr = sock.local_addr().map_err(|source| WorkerError::Bind {
+                    listener: plan.name.clone(),
+                    addr,
+                    source,
+                })?;
+            }
+            per_worker.push(sock);
+        }
+        addrs.push(addr);
+    }
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut stop = Vec::new();
+    let mut threads = Vec::new();
+    for (index, sockets) in sockets.into_iter().enumerate() {
+        let (ours, theirs) = StdUnixStream::pair().map_err(WorkerError::Spawn)?;
+        stop.push(ours);
+        let plans = plans.clone();
+        let settings = WorkerSettings {
+            index,
+            pin: config.server.pin_workers.then_some(index % cores),
+            uring,
+            timeouts: config.timeouts,
+            limits: Limits {
+                max_head_bytes: config.limits.max_request_header_bytes,
+                max_headers: config.limits.max_headers,
+            },
+            max_connections: config.limits.max_connections_per_worker,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("certgate-w{index}"))
+            .spawn(move || worker_main(settings, plans, sockets, theirs))
+            .map_err(WorkerError::Spawn)?;
+        threads.push(thread);
+    }
+    Ok(Server {
+        addrs,
+        stop,
+        threads,
+    })
+}
+
+struct WorkerSettings {
+    index: usize,
+    pin: Option<usize>,
+    uring: bool,
+    timeouts: Timeouts,
+    limits: Limits,
+    max_connections: usize,
+}
+
+fn worker_main(
+    settings: WorkerSettings,
+    plans: Vec<ListenerPlan>,
+    sockets: Vec<std::net::TcpListener>,
+    stop: StdUnixStream,
+) {
+    if let Some(cpu) = settings.pin {
+        match monoio::utils::bind_to_cpu_set([cpu]) {
+            Ok(()) => info!(worker = settings.index, cpu, "worker pinned to CPU {cpu}"),
+            Err(e) => warn!(
+                worker = settings.index,
+                "could not pin worker to CPU {cpu}: {e:?}"
+            ),
+        }
+    }
+    let uring = settings.uring;
+    let run = worker_loop(settings, plans, sockets, stop);
+    // The two drivers are different types; the worker body is the same future.
+    if uring {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(1024)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => return rt.block_on(run),
+            Err(e) => warn!("io_uring runtime failed ({e}): falling back to the epoll driver"),
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => rt.block_on(run),
+        Err(e) => warn!("cannot build a worker runtime: {e}"),
+    }
+}
+
+async fn worker_loop(
+    settings: WorkerSettings,
+    plans: Vec<ListenerPlan>,
+    sockets: Vec<std::net::TcpListener>,
+    stop: StdUnixStream,
+) {
+    let shutdown = Rc::new(Shutdown::default());
+    let gauge = Rc::new(ConnGauge::default());
+    let mut ctxs = Vec::new();
+    for (plan, socket) in plans.into_iter().zip(sockets) {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(listener = %plan.name, "cannot register listening socket: {e}");
+                continue;
+            }
+        };
+        let ctx = Rc::new(ListenerCtx {
+            name: plan.name,
+            tls: plan.tls,
+            pool: Pool::new(plan.upstream),
+            timeouts: settings.timeouts,
+            limits: settings.limits,
+            shutdown: shutdown.clone(),
+        });
+        ctxs.push(ctx.clone());
+        monoio::spawn(accept_loop(
+            listener,
+            ctx,
+            gauge.clone(),
+            settings.max_connections,
+        ));
+    }
+    debug!(worker = settings.index, "worker running");
+
+    // Wait for the stop signal: any byte or EOF on our end of the socket pair.
+    if let Ok(stop) = UnixStream::from_std(stop) {
+        let mut stop = stop;
+        let _ = stop.read(vec![0u8; 1]).await;
+    }
+    shutdown.trigger();
+    for ctx in &ctxs {
+        ctx.pool.clear();
+    }
+    // Drain: in-flight exchanges finish, idle connections close as they notice the flag.
+    let drained = monoio::time::timeout(settings.timeouts.shutdown_grace, async {
+        while gauge.open.get() > 0 {
+            gauge.freed.wait().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            worker = settings.index,
+            open = gauge.open.get(),
+            "shutdown grace period over: closing remaining connections"
+        );
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Rc<ListenerCtx>,
+    gauge: Rc<ConnGauge>,
+    max_connections: usize,
+) {
+    let mut backoff_logged = false;
+    loop {
+        while gauge.open.get() >= max_connections && !ctx.shutdown.is_set() {
+            monoio::select! {
+                _ = gauge.freed.wait() => {},
+                _ = ctx.shutdown.wait() => {},
+            }
+        }
+        if ctx.shutdown.is_set() {
+            return;
+        }
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = ctx.shutdown.wait() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff_logged = false;
+                gauge.open.set(gauge.open.get() + 1);
+                let guard = ConnGuard(gauge.clone());
+                let ctx = ctx.clone();
+                monoio::spawn(async move {
+                    proxy::serve(tcp, peer, ctx).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; accept resumes once
+                // descriptors are free again.
+                if !backoff_logged {
+                    warn!(listener = %ctx.name, "accept failed: {e}; retrying");
+                    backoff_logged = true;
+                }
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

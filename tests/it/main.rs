@@ -1,0 +1,9 @@
+//! certgate's integration tests: real sockets on 127.0.0.1, real TLS handshakes, real clients
+//! (rustls, curl, openssl s_client), the echo app as upstream. One binary to keep links short.
+
+mod cli;
+mod headers;
+mod modes;
+mod proxying;
+mod support;
+mod tools;
