@@ -35,11 +35,16 @@ pub fn prepare(config: Config) -> Result<Prepared, StartupError> {
     let mut plans = Vec::new();
     let mut summaries = Vec::new();
     for listener in &config.listeners {
-        let built = tls::server_config(listener, config.limits.max_client_cert_chain)?;
+        let cache = tls::cache::CacheConfig::new(
+            config.server.cert_cache_size,
+            config.server.cert_cache_ttl,
+        );
+        let built = tls::server_config(listener, config.limits.max_client_cert_chain, cache)?;
         summaries.push(built.summary);
         plans.push(ListenerPlan {
             name: listener.name.clone(),
             tls: built.config,
+            cache: built.cache,
             upstream: listener.upstream,
         });
     }

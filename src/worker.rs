@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, Timeouts};
 use crate::http::request::Limits;
 use crate::proxy::{self, upstream::Pool, ListenerCtx};
+use crate::tls::cache::Stats as CacheStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -169,6 +170,7 @@ impl Drop for ConnGuard {
 pub struct ListenerPlan {
     pub name: String,
     pub tls: Arc<ServerConfig>,
+    pub cache: crate::tls::cache::CacheConfig,
     pub upstream: SocketAddr,
 }
 
@@ -176,7 +178,7 @@ pub struct ListenerPlan {
 pub struct Server {
     addrs: Vec<SocketAddr>,
     stop: Vec<StdUnixStream>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<CacheStats>>,
 }
 
 impl Server {
@@ -185,19 +187,19 @@ impl Server {
         &self.addrs
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), then returns.
-    pub fn shutdown(mut self) {
+    /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), then returns
+    /// each worker's verified-chain cache counts.
+    pub fn shutdown(mut self) -> Vec<CacheStats> {
         self.stop.clear(); // Closing our ends wakes every worker with EOF.
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.join()
     }
 
     /// Blocks until every worker has exited.
-    pub fn join(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+    pub fn join(mut self) -> Vec<CacheStats> {
+        self.threads
+            .drain(..)
+            .filter_map(|t| t.join().ok())
+            .collect()
     }
 }
 
@@ -287,7 +289,8 @@ fn worker_main(
     plans: Vec<ListenerPlan>,
     sockets: Vec<std::net::TcpListener>,
     stop: StdUnixStream,
-) {
+) -> CacheStats {
+    let index = settings.index;
     if let Some(cpu) = settings.pin {
         match monoio::utils::bind_to_cpu_set([cpu]) {
             Ok(()) => info!(worker = settings.index, cpu, "worker pinned to CPU {cpu}"),
@@ -306,7 +309,10 @@ fn worker_main(
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => return rt.block_on(run),
+            Ok(mut rt) => {
+                rt.block_on(run);
+                return report(index);
+            }
             Err(e) => warn!("io_uring runtime failed ({e}): falling back to the epoll driver"),
         }
     }
@@ -317,6 +323,22 @@ fn worker_main(
         Ok(mut rt) => rt.block_on(run),
         Err(e) => warn!("cannot build a worker runtime: {e}"),
     }
+    report(index)
+}
+
+/// The worker's closing log line: its verified-chain cache counts (kept thread-local while
+/// running, so reading them costs nothing on the handshake path).
+fn report(index: usize) -> CacheStats {
+    let stats = crate::tls::cache::stats();
+    info!(
+        worker = index,
+        hits = stats.hits,
+        misses = stats.misses,
+        "worker stopped; verified-chain cache hits={} misses={}",
+        stats.hits,
+        stats.misses
+    );
+    stats
 }
 
 async fn worker_loop(
@@ -339,6 +361,7 @@ async fn worker_loop(
         let ctx = Rc::new(ListenerCtx {
             name: plan.name,
             tls: plan.tls,
+            cache: plan.cache,
             pool: Pool::new(plan.upstream),
             timeouts: settings.timeouts,
             limits: settings.limits,

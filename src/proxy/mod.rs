@@ -26,6 +26,8 @@ pub use tls_conn::TlsConn;
 pub struct ListenerCtx {
     pub name: String,
     pub tls: Arc<ServerConfig>,
+    /// Verified-chain cache settings; the header bytes of a known chain come from there.
+    pub cache: crate::tls::cache::CacheConfig,
     pub pool: upstream::Pool,
     pub timeouts: Timeouts,
     pub limits: Limits,

@@ -23,7 +23,7 @@ use crate::http::chunked::{self, ChunkedDecoder};
 use crate::http::request::{self, Inject, RequestBody, RequestHead};
 use crate::http::response::{self, ResponseBody, ResponseHead};
 use crate::http::{self, Parse};
-use crate::xfcc;
+use crate::tls::cache;
 
 /// Trailer bytes a chunked request may carry (they are read and dropped).
 const MAX_TRAILER_BYTES: usize = 8 * 1024;
@@ -35,7 +35,7 @@ pub struct Session {
     /// Client address as written into X-Forwarded-For; formatted once per connection.
     client_addr: Vec<u8>,
     /// The complete `X-Forwarded-Client-Cert` line, built once after the handshake.
-    xfcc_line: Option<Vec<u8>>,
+    xfcc_line: Option<Rc<[u8]>>,
     /// Decrypted client bytes; `start..` not yet consumed (pipelined requests wait here).
     inbuf: Slot,
     start: usize,
@@ -54,7 +54,9 @@ enum Next {
 
 impl Session {
     pub fn new(tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCtx>) -> Self {
-        let xfcc_line = tls.peer_certificates().and_then(xfcc::header_line);
+        let xfcc_line = tls
+            .peer_certificates()
+            .and_then(|chain| cache::header_for(&ctx.cache, chain));
         Self {
             tls,
             ctx,

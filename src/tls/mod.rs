@@ -3,6 +3,7 @@
 //! Everything here runs at setup time; the per-connection path only clones the `Arc` it returns.
 //! Certificate and key files are read and checked here, and every failure names the file.
 
+pub mod cache;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +112,8 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// What a listener's TLS setup produced; the summary is printed by `certgate check`.
 pub struct ListenerTls {
     pub config: Arc<ServerConfig>,
+    /// The listener's cache settings and trust generation, shared with its sessions.
+    pub cache: cache::CacheConfig,
     pub summary: String,
 }
 
@@ -118,6 +121,7 @@ pub struct ListenerTls {
 pub fn server_config(
     listener: &Listener,
     max_client_chain: usize,
+    cache: cache::CacheConfig,
 ) -> Result<ListenerTls, TlsError> {
     let provider = provider();
     let chain = load_certs(&listener.cert)?;
@@ -142,6 +146,7 @@ pub fn server_config(
                 roots.as_ref().map(|(_, r)| r.clone()),
                 max_client_chain,
                 &provider,
+                cache,
             )
             .map_err(|e| setup(format!("client_ca: {e}")))?,
         ),
@@ -187,6 +192,7 @@ pub fn server_config(
     );
     Ok(ListenerTls {
         config: Arc::new(config),
+        cache,
         summary,
     })
 }

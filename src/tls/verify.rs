@@ -17,6 +17,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use super::cache::{self, CacheConfig};
+
 #[derive(Debug)]
 pub struct ClientVerifier {
     mandatory: bool,
@@ -24,6 +26,7 @@ pub struct ClientVerifier {
     trusted: Option<Arc<dyn ClientCertVerifier>>,
     max_chain: usize,
     algs: WebPkiSupportedAlgorithms,
+    cache: CacheConfig,
 }
 
 impl ClientVerifier {
@@ -32,6 +35,7 @@ impl ClientVerifier {
         roots: Option<RootCertStore>,
         max_chain: usize,
         provider: &Arc<CryptoProvider>,
+        cache: CacheConfig,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
         let trusted = match roots {
             Some(roots) => {
@@ -51,6 +55,7 @@ impl ClientVerifier {
             trusted,
             max_chain: max_chain.max(1),
             algs: provider.signature_verification_algorithms,
+            cache,
         })
     }
 }
@@ -85,7 +90,22 @@ impl ClientCertVerifier for ClientVerifier {
             )));
         }
         match &self.trusted {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            Some(v) => {
+                // A chain this worker verified before (same trust generation, not expired)
+                // skips path building and the chain's signature checks.
+                let ders: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
+                    .chain(intermediates.iter().map(|c| c.as_ref()))
+                    .collect();
+                let key = cache::key(&self.cache, &ders);
+                if cache::is_verified(&self.cache, &key, now) {
+                    return Ok(ClientCertVerified::assertion());
+                }
+                let verified = v.verify_client_cert(end_entity, intermediates, now)?;
+                let chain: Vec<CertificateDer<'_>> =
+                    ders.iter().map(|d| CertificateDer::from(*d)).collect();
+                cache::insert_verified(&self.cache, key, &chain, now);
+                Ok(verified)
+            }
             None => {
                 // Still insist on parseable X.509: the header and proof of possession need it.
                 webpki::EndEntityCert::try_from(end_entity)

@@ -145,17 +145,21 @@ fn forged_certificate_verify_fails_the_handshake() {
     let running = start(Setup::new("accept"));
     let p = pki();
     // The self-signed client's certificate with the foreign client's private key.
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots());
-    let certified = rustls::sign::CertifiedKey::new(
-        vec![p.self_signed.cert_der.clone()],
-        provider()
-            .key_provider
-            .load_private_key(p.foreign.key_der.clone_key())
-            .unwrap(),
+    let config = forger_config(vec![p.self_signed.cert_der.clone()], &p.foreign.key_der);
+    let mut tls = connect(running.addr, config);
+    let err = exchange(&mut tls, &get("/")).unwrap_err();
+    assert!(
+        err.contains("DecryptError") || err.contains("alert"),
+        "{err}"
     );
+    assert!(running.echo().heads().is_empty());
+}
+
+/// A client presenting `chain` but signing with `key`: its CertificateVerify cannot be valid.
+fn forger_config(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: &rustls::pki_types::PrivateKeyDer<'static>,
+) -> std::sync::Arc<rustls::ClientConfig> {
     #[derive(Debug)]
     struct Fixed(std::sync::Arc<rustls::sign::CertifiedKey>);
     impl rustls::client::ResolvesClientCert for Fixed {
@@ -170,13 +174,66 @@ fn forged_certificate_verify_fails_the_handshake() {
             true
         }
     }
-    let config = builder
+    let signer = provider()
+        .key_provider
+        .load_private_key(key.clone_key())
+        .unwrap();
+    let certified = rustls::sign::CertifiedKey::new(chain, signer);
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots())
         .with_client_cert_resolver(std::sync::Arc::new(Fixed(std::sync::Arc::new(certified))));
-    let mut tls = connect(running.addr, std::sync::Arc::new(config));
-    let err = exchange(&mut tls, &get("/")).unwrap_err();
-    assert!(
-        err.contains("DecryptError") || err.contains("alert"),
-        "{err}"
-    );
-    assert!(running.echo().heads().is_empty());
+    std::sync::Arc::new(config)
+}
+
+#[test]
+fn cached_chain_skips_verification_but_never_proof_of_possession() {
+    let mut setup = Setup::new("require").with_ca();
+    setup.resumption = false; // every connection is a full handshake
+    let running = start(setup);
+    let legit = client_config(ClientCert::Valid, false);
+    for _ in 0..3 {
+        let resp = exchange(&mut connect(running.addr, legit.clone()), &get("/")).unwrap();
+        assert_eq!(resp.status, 200);
+    }
+    // The same (now cached) chain, signed with somebody else's key.
+    let p = pki();
+    let chain = vec![
+        p.client_via_intermediate.cert_der.clone(),
+        p.intermediate.issued().cert_der.clone(),
+    ];
+    let before = running.echo().heads().len();
+    let mut forged = connect(running.addr, forger_config(chain, &p.foreign.key_der));
+    let err = exchange(&mut forged, &get("/forged")).unwrap_err();
+    assert!(err.contains("alert"), "{err}");
+    assert_eq!(running.echo().heads().len(), before);
+    let stats = running.stop();
+    let hits: u64 = stats.iter().map(|s| s.hits).sum();
+    let misses: u64 = stats.iter().map(|s| s.misses).sum();
+    // First handshake verifies (miss), the next two and the forger's chain are hits.
+    assert_eq!((hits, misses), (3, 1), "{stats:?}");
+}
+
+#[test]
+fn resumption_works_across_workers() {
+    let mut setup = Setup::new("accept");
+    setup.workers = 2;
+    let running = start(setup);
+    let config = client_config(ClientCert::Valid, false);
+    let expected = vec![expected_xfcc(&ClientCert::Valid.chain())];
+    for i in 0..8 {
+        let mut tls = connect(running.addr, config.clone());
+        let resp = exchange(&mut tls, &get("/w")).unwrap();
+        assert_eq!(
+            header_values(&resp.upstream_head(), "x-forwarded-client-cert"),
+            expected
+        );
+        let want = if i == 0 {
+            rustls::HandshakeKind::Full
+        } else {
+            rustls::HandshakeKind::Resumed
+        };
+        assert_eq!(tls.conn.handshake_kind(), Some(want), "connection {i}");
+    }
 }

@@ -109,6 +109,8 @@ pub struct Setup {
     pub client_ca: bool,
     pub resumption: bool,
     pub upstream: Option<SocketAddr>,
+    pub workers: usize,
+    /// Extra TOML appended after `[server]` (further sections such as `[timeouts]`).
     pub extra: String,
 }
 
@@ -119,6 +121,7 @@ impl Setup {
             client_ca: false,
             resumption: true,
             upstream: None,
+            workers: 1,
             extra: String::new(),
         }
     }
@@ -137,6 +140,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Stops the server and returns each worker's verified-chain cache counts.
+    pub fn stop(mut self) -> Vec<certgate::tls::cache::Stats> {
+        self.server.take().map(|s| s.shutdown()).unwrap_or_default()
+    }
+
     pub fn echo(&self) -> &EchoApp {
         self.echo.as_ref().expect("this setup has an echo upstream")
     }
@@ -158,10 +166,11 @@ pub fn config_text(setup: &Setup, upstream: SocketAddr) -> String {
         ""
     };
     format!(
-        "[server]\nworkers = 1\npin_workers = false\n{extra}\n\
+        "[server]\nworkers = {workers}\npin_workers = false\n{extra}\n\
          [[listener]]\nname = \"test\"\nbind = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
          client_certificate_mode = \"{mode}\"\n{ca}upstream = \"{upstream}\"\nsession_resumption = {res}\n",
         extra = setup.extra,
+        workers = setup.workers,
         mode = setup.mode,
         res = setup.resumption,
     )
