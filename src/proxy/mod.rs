@@ -45,6 +45,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
         }
     };
     let mut tls = TlsConn::new(tcp, conn);
+    // A client that does not take our bytes for as long as it may idle is gone for our purposes
+    // (the same bound as a client stalling mid-body).
+    tls.set_write_timeout(ctx.timeouts.keep_alive);
     match monoio::time::timeout(ctx.timeouts.handshake, tls.handshake()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

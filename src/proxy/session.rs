@@ -45,6 +45,9 @@ pub struct Session {
     out: Slot,
     /// Whether any byte of the current response reached the client.
     response_started: bool,
+    /// Whether the upstream sent any byte for the current attempt: it then took the request,
+    /// so a failure is not a stale pooled connection and must not be retried.
+    upstream_answered: bool,
 }
 
 enum Next {
@@ -67,6 +70,7 @@ impl Session {
             upbuf: Slot::default(),
             out: Slot::default(),
             response_started: false,
+            upstream_answered: false,
         }
     }
 
@@ -177,8 +181,15 @@ impl Session {
                 .map_err(ProxyError::ClientIo)?;
             self.tls.flush().await.map_err(ProxyError::ClientIo)?;
         }
+        let retryable;
         {
             let start = self.start;
+            // A pooled connection may have been closed by the app while idle; the request is
+            // then retried once on a fresh connection. Only when sending it again is possible
+            // (no body consumed from the client) and harmless: the app may have run it before
+            // closing, so only idempotent methods (RFC 9110 §9.2.2).
+            retryable = matches!(head.body(), RequestBody::None)
+                && is_idempotent(head.method(&self.inbuf.get_ref()[start..]));
             let inject = Inject {
                 client_addr: &self.client_addr,
                 xfcc_line: self.xfcc_line.as_deref(),
@@ -189,8 +200,6 @@ impl Session {
         }
         self.start += head.head_len();
 
-        // A pooled connection may have been closed by the app while idle. Retrying is safe only
-        // when nothing of the client's body has been consumed, i.e. for bodyless requests.
         let mut up = self.acquire_upstream(false).await?;
         let (mut up, resp) = loop {
             let attempt = async {
@@ -201,8 +210,10 @@ impl Session {
             .await;
             match attempt {
                 Ok(resp) => break (up, resp),
+                // Also never after a response byte arrived: the app took the request (and a
+                // relayed 1xx has reused `out`, which no longer holds the request head).
                 Err(ProxyError::UpstreamIo(_) | ProxyError::UpstreamClosedEarly)
-                    if up.reused && matches!(head.body(), RequestBody::None) =>
+                    if up.reused && retryable && !self.upstream_answered =>
                 {
                     up = self.acquire_upstream(true).await?;
                 }
@@ -363,6 +374,7 @@ impl Session {
         up: &mut TcpStream,
     ) -> Result<ResponseHead, ProxyError> {
         self.upbuf.get().clear();
+        self.upstream_answered = false;
         let deadline = Instant::now() + self.ctx.timeouts.upstream_response;
         loop {
             if !self.upbuf.get_ref().is_empty() {
@@ -396,7 +408,7 @@ impl Session {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
                 Ok(Err(e)) => return Err(ProxyError::UpstreamIo(e)),
                 Ok(Ok(0)) => return Err(ProxyError::UpstreamClosedEarly),
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => self.upstream_answered = true,
             }
         }
     }
@@ -515,6 +527,10 @@ impl Session {
         up: &mut TcpStream,
         pos: usize,
     ) -> Result<usize, ProxyError> {
+        // What was relayed so far goes out before waiting on the app: rustls holds plaintext
+        // until its buffer fills, so a streaming (or stalling, or dying) app would otherwise
+        // keep bytes from the client that it could already use.
+        self.tls.flush().await.map_err(ProxyError::ClientIo)?;
         let buf = self.upbuf.get();
         if pos >= buf.len() {
             buf.clear();
@@ -530,4 +546,12 @@ impl Session {
             Ok(Ok(_)) => Ok(0),
         }
     }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the same effect as running them once.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
 }

@@ -9,9 +9,10 @@
 //! the connection is idle.
 
 use std::io::{self, BufRead, Write};
+use std::time::Duration;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use rustls::ServerConnection;
 use rustls_pki_types::CertificateDer;
@@ -26,6 +27,8 @@ pub struct TlsConn {
     rx_pos: usize,
     /// Ciphertext waiting to be written.
     tx: Slot,
+    /// Longest a write to the client may make no progress; `None`: no limit.
+    write_stall: Option<Duration>,
 }
 
 impl TlsConn {
@@ -36,7 +39,15 @@ impl TlsConn {
             rx: Slot::default(),
             rx_pos: 0,
             tx: Slot::default(),
+            write_stall: None,
         }
+    }
+
+    /// Bounds every socket write: a client that stops reading (slow read) would otherwise hold
+    /// the connection, its buffers and an upstream connection forever. A write that times out
+    /// fails with `TimedOut`, and the connection must then be dropped.
+    pub fn set_write_timeout(&mut self, limit: Duration) {
+        self.write_stall = Some(limit);
     }
 
     pub fn tcp(&self) -> &TcpStream {
@@ -171,9 +182,31 @@ impl TlsConn {
                     return Err(e);
                 }
             }
-            let (res, buf) = self.tcp.write_all(buf).await;
+            // One write at a time, so the stall limit bounds each wait for progress, not the
+            // whole batch (a slow but steady reader is fine).
+            let mut done = 0;
+            while done < buf.len() {
+                let write = self.tcp.write(buf.slice(done..));
+                let (res, slice) = match self.write_stall {
+                    None => write.await,
+                    Some(limit) => monoio::time::timeout(limit, write).await.map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
+                    })?,
+                };
+                buf = slice.into_inner();
+                match res {
+                    Ok(0) => {
+                        self.tx.put(buf);
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    Ok(n) => done += n,
+                    Err(e) => {
+                        self.tx.put(buf);
+                        return Err(e);
+                    }
+                }
+            }
             self.tx.put(buf);
-            res?;
         }
         Ok(())
     }

@@ -2,6 +2,8 @@
 //! (rustls, curl, openssl s_client), the echo app as upstream. One binary to keep links short.
 
 mod cli;
+mod faults;
+mod hardening;
 mod headers;
 mod modes;
 mod proxying;
