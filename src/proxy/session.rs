@@ -251,11 +251,27 @@ impl Session {
             .map_err(ProxyError::UpstreamConnect)
     }
 
+    /// Writes a whole buffer to the upstream. An app that stops reading for `upstream_response`
+    /// ends the exchange (504 unless the response already started); the buffer is then lost
+    /// with the exchange, and the slot it came from refills from the pool if ever needed.
+    async fn upstream_write<B: monoio::buf::IoBuf>(
+        &self,
+        up: &mut TcpStream,
+        buf: B,
+    ) -> Result<B, ProxyError> {
+        let limit = self.ctx.timeouts.upstream_response;
+        match monoio::time::timeout(limit, up.write_all(buf)).await {
+            Ok((Ok(_), buf)) => Ok(buf),
+            Ok((Err(e), _)) => Err(ProxyError::UpstreamIo(e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+        }
+    }
+
     async fn send_head(&mut self, up: &mut Upstream) -> Result<(), ProxyError> {
         let out = self.out.take();
-        let (res, out) = up.stream.write_all(out).await;
+        let out = self.upstream_write(&mut up.stream, out).await?;
         self.out.put(out);
-        res.map(drop).map_err(ProxyError::UpstreamIo)
+        Ok(())
     }
 
     /// Writes `inbuf[from..to]` to the upstream without copying it.
@@ -266,9 +282,10 @@ impl Session {
         to: usize,
     ) -> Result<(), ProxyError> {
         let buf = self.inbuf.take();
-        let (res, slice) = up.write_all(monoio::buf::IoBuf::slice(buf, from..to)).await;
+        let slice = monoio::buf::IoBuf::slice(buf, from..to);
+        let slice = self.upstream_write(up, slice).await?;
         self.inbuf.put(slice.into_inner());
-        res.map(drop).map_err(ProxyError::UpstreamIo)
+        Ok(())
     }
 
     /// Reads more of the request body from the client (at most `max` bytes).
@@ -340,9 +357,8 @@ impl Session {
                         }
                     }
                     if !out.is_empty() {
-                        let (res, o) = up.write_all(out).await;
-                        self.out.put(o);
-                        res.map_err(ProxyError::UpstreamIo)?;
+                        let out = self.upstream_write(up, out).await?;
+                        self.out.put(out);
                     } else {
                         self.out.put(out);
                     }

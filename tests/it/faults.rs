@@ -348,3 +348,42 @@ fn upstream_stalling_mid_body_closes_the_client() {
         fake.log.eofs() == 1
     });
 }
+
+#[test]
+fn upstream_that_stops_reading_the_body_ends_the_exchange() {
+    // The app takes the head, then reads nothing more: certgate's writes to it block. They must
+    // give up after `upstream_response` instead of holding both connections forever.
+    let fake = Fake::start(|c: &mut FakeConn| {
+        if c.read_head().is_some() {
+            std::thread::sleep(Duration::from_secs(4));
+        }
+    });
+    let running = fake.front("[timeouts]\nupstream_response = \"300ms\"\n");
+    let addr = running.addr;
+    let started = Instant::now();
+    let client = std::thread::spawn(move || {
+        let mut tls = client(addr);
+        tls.sock
+            .set_write_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        let body_len = 64 * 1024 * 1024;
+        let head = format!("POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: {body_len}\r\n\r\n");
+        tls.write_all(head.as_bytes()).unwrap();
+        let block = vec![b'b'; 256 * 1024];
+        let mut sent = 0;
+        while sent < body_len {
+            if tls.write_all(&block).and_then(|()| tls.flush()).is_err() {
+                return false; // certgate closed the connection: the exchange ended
+            }
+            sent += block.len();
+        }
+        true
+    });
+    let sent_everything = client.join().unwrap();
+    assert!(
+        !sent_everything,
+        "a 64 MiB body went into an app that reads nothing"
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+}
