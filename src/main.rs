@@ -1,5 +1,6 @@
 //! The `certgate` command line: run a config, check it, or start the demo.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -100,6 +101,8 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     for line in &prepared.summaries {
         tracing::info!("{line}");
     }
+    // Installed before the workers start, so a signal during startup is not lost.
+    let signals = Signals::install();
     let server = match certgate::app::start(prepared) {
         Ok(s) => s,
         Err(e) => {
@@ -107,7 +110,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    wait_for_signal();
+    signals.wait();
     tracing::info!("shutting down: draining in-flight requests");
     server.shutdown();
     ExitCode::SUCCESS
@@ -115,10 +118,13 @@ fn run(config: Option<PathBuf>) -> ExitCode {
 
 fn demo(bind: std::net::SocketAddr) -> ExitCode {
     let dir = std::env::temp_dir().join(format!("certgate-demo-{}", std::process::id()));
+    let signals = Signals::install();
     match certgate::demo::start(&dir, bind) {
         Ok(demo) => {
-            println!("{}", demo.instructions());
-            wait_for_signal();
+            // A closed stdout (piped into `head`, say) must not stop the demo.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{}", demo.instructions()).and_then(|()| out.flush());
+            signals.wait();
             demo.server.shutdown();
             let _ = std::fs::remove_dir_all(&dir);
             ExitCode::SUCCESS
@@ -130,18 +136,30 @@ fn demo(bind: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-        Ok(mut signals) => {
-            let _ = signals.forever().next();
-        }
-        Err(e) => {
-            eprintln!("certgate: cannot install signal handlers ({e}); running until killed");
-            loop {
-                std::thread::park();
+/// SIGTERM and SIGINT, caught from the start so that either one begins a graceful shutdown.
+struct Signals(Option<signal_hook::iterator::Signals>);
+
+impl Signals {
+    fn install() -> Self {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+            Ok(s) => Signals(Some(s)),
+            Err(e) => {
+                eprintln!("certgate: cannot install signal handlers ({e}); running until killed");
+                Signals(None)
             }
+        }
+    }
+
+    /// Blocks until one of the signals arrives.
+    fn wait(self) {
+        match self.0 {
+            Some(mut s) => {
+                let _ = s.forever().next();
+            }
+            None => loop {
+                std::thread::park();
+            },
         }
     }
 }

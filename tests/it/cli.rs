@@ -121,3 +121,58 @@ fn example_config_parses() {
     let config = certgate::config::Config::from_toml(&example, &dir).expect("example parses");
     assert!(!config.listeners.is_empty());
 }
+
+/// `certgate demo` as a newcomer runs it: the printed curl commands work as pasted.
+#[test]
+fn demo_prints_curl_commands_that_work() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .env("CERTGATE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("Press Ctrl-C");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let commands: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.trim_start().starts_with("curl "))
+        .collect();
+    assert!(commands.len() >= 3, "{lines:#?}");
+    let run = |cmd: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} -sS --max-time 20", cmd.trim()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let without = run(commands[0]);
+    assert!(
+        header_values(&without, "x-forwarded-client-cert").is_empty(),
+        "{without}"
+    );
+    for cmd in &commands[1..3] {
+        let with = run(cmd);
+        let xfcc = header_values(&with, "x-forwarded-client-cert");
+        assert_eq!(xfcc.len(), 1, "{cmd}: {with}");
+        assert!(xfcc[0].starts_with("Hash="), "{with}");
+    }
+    // SIGTERM: graceful stop, exit status 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
