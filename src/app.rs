@@ -46,6 +46,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartupError> {
             tls: built.config,
             cache: built.cache,
             upstream: listener.upstream,
+            upstream_host: listener.upstream_authority.clone(),
         });
     }
     Ok(Prepared {

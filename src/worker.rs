@@ -172,6 +172,8 @@ pub struct ListenerPlan {
     pub tls: Arc<ServerConfig>,
     pub cache: crate::tls::cache::CacheConfig,
     pub upstream: SocketAddr,
+    /// The upstream as written in the config (`host:port`).
+    pub upstream_host: String,
 }
 
 /// A running server: its bound addresses, and the means to stop it.
@@ -363,6 +365,7 @@ async fn worker_loop(
             tls: plan.tls,
             cache: plan.cache,
             pool: Pool::new(plan.upstream),
+            upstream_host: plan.upstream_host.into_bytes(),
             timeouts: settings.timeouts,
             limits: settings.limits,
             shutdown: shutdown.clone(),

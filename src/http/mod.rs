@@ -308,18 +308,18 @@ pub(crate) fn listed_in_connection(
 }
 
 /// Rejects bare CR and bare LF anywhere in a head (see the module docs for why).
+///
+/// Runs on every request, so it visits line ends only (memchr's SIMD search), not every byte:
+/// every LF must follow a CR, and there must be no CR besides those.
 pub(crate) fn crlf_only(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for (i, &b) in head.iter().enumerate() {
-        if b == b'\n' && prev != b'\r' {
+    let mut lines = 0usize;
+    for i in memchr::memchr_iter(b'\n', head) {
+        if i == 0 || head[i - 1] != b'\r' {
             return false;
         }
-        if b == b'\r' && head.get(i + 1) != Some(&b'\n') {
-            return false;
-        }
-        prev = b;
+        lines += 1;
     }
-    true
+    memchr::memchr_iter(b'\r', head).count() == lines
 }
 
 /// Parses a `Content-Length` value (possibly a list of identical values) into `current`.

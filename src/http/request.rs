@@ -40,6 +40,9 @@ pub struct Inject<'a> {
     pub client_addr: &'a [u8],
     /// A complete prebuilt `X-Forwarded-Client-Cert: ...\r\n` line, inserted verbatim.
     pub xfcc_line: Option<&'a [u8]>,
+    /// `Host` for an HTTP/1.0 request that carried none: the upstream request is HTTP/1.1,
+    /// which requires one (RFC 9112 §3.2). The upstream's authority, as configured.
+    pub upstream_host: &'a [u8],
 }
 
 // Header classification, assigned once at parse time (`Field::kind`).
@@ -99,6 +102,8 @@ pub struct RequestHead {
     /// A `Connection` field lists something besides `close` / `keep-alive`, so the rewrite
     /// must check other fields against it.
     connection_lists_names: bool,
+    /// Whether the client sent a `Host` (always, for HTTP/1.1; see `Inject::upstream_host`).
+    has_host: bool,
     body: RequestBody,
     fields: Fields,
 }
@@ -160,12 +165,19 @@ impl RequestHead {
         // One reservation covers everything: the rewritten head is at most the original head
         // plus the fixed proxy lines, the client address and the XFCC line.
         out.reserve(
-            self.head_len + 96 + inject.client_addr.len() + inject.xfcc_line.map_or(0, <[u8]>::len),
+            self.head_len
+                + 104
+                + inject.client_addr.len()
+                + inject.upstream_host.len()
+                + inject.xfcc_line.map_or(0, <[u8]>::len),
         );
         out.extend_from_slice(self.method.get(buf));
         out.push(b' ');
         out.extend_from_slice(self.target.get(buf));
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        if !self.has_host {
+            write_field(out, b"Host", inject.upstream_host);
+        }
 
         let mut length_written = false;
         for f in self.fields.iter() {
@@ -378,6 +390,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, 
         },
         expect_continue: expect_continue && !http10,
         connection_lists_names,
+        has_host: hosts > 0,
         body,
         fields,
     }))

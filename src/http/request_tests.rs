@@ -32,6 +32,7 @@ fn upstream_with(bytes: &[u8], xfcc: Option<&[u8]>) -> String {
         &Inject {
             client_addr: b"203.0.113.7",
             xfcc_line: xfcc,
+            upstream_host: b"app.internal:8080",
         },
         &mut out,
     );
@@ -300,6 +301,7 @@ fn accepts_htab_and_obs_text_in_value() {
     let inject = Inject {
         client_addr: b"1.2.3.4",
         xfcc_line: None,
+        upstream_host: b"app.internal:8080",
     };
     head.write_upstream(req, &inject, &mut out);
     assert!(out.windows(8).any(|w| w == b"X: b\tc\xe9\r"));
@@ -566,9 +568,21 @@ fn writes_minimal_upstream_head() {
 }
 
 #[test]
-fn upgrades_http10_request_line_to_http11() {
+fn upgrades_http10_request_line_to_http11_with_the_host_it_requires() {
     let up = upstream(b"GET / HTTP/1.0\r\n\r\n");
-    assert!(up.starts_with("GET / HTTP/1.1\r\n"), "{up}");
+    assert!(
+        up.starts_with("GET / HTTP/1.1\r\nHost: app.internal:8080\r\n"),
+        "{up}"
+    );
+    // The rewritten request is itself a valid HTTP/1.1 request.
+    assert!(matches!(
+        parse_request(up.as_bytes(), &Limits::default()),
+        Ok(Parse::Complete(_))
+    ));
+    // A client's own Host is kept, never doubled.
+    let up = upstream(b"GET / HTTP/1.0\r\nHost: mine\r\n\r\n");
+    assert_eq!(up.matches("Host:").count(), 1, "{up}");
+    assert!(up.contains("Host: mine\r\n"), "{up}");
 }
 
 #[test]
@@ -704,6 +718,7 @@ fn write_upstream_appends_without_clearing() {
     let inject = Inject {
         client_addr: b"::1",
         xfcc_line: None,
+        upstream_host: b"app.internal:8080",
     };
     head.write_upstream(req, &inject, &mut out);
     assert!(out.starts_with(b"prefixGET / HTTP/1.1\r\n"));

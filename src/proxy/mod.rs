@@ -29,6 +29,8 @@ pub struct ListenerCtx {
     /// Verified-chain cache settings; the header bytes of a known chain come from there.
     pub cache: crate::tls::cache::CacheConfig,
     pub pool: upstream::Pool,
+    /// `Host` for HTTP/1.0 requests that carry none: the upstream as configured.
+    pub upstream_host: Vec<u8>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub shutdown: Rc<Shutdown>,

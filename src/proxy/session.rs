@@ -193,6 +193,7 @@ impl Session {
             let inject = Inject {
                 client_addr: &self.client_addr,
                 xfcc_line: self.xfcc_line.as_deref(),
+                upstream_host: &self.ctx.upstream_host,
             };
             let out = self.out.get();
             out.clear();

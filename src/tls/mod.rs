@@ -165,6 +165,9 @@ pub fn server_config(
             what: e.to_string(),
         })?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // The server picks the suite (rustls' order: AES-256-GCM, AES-128-GCM, ChaCha20): every
+    // suite offered is a strong AEAD, but scanners rightly expect a server-side order.
+    config.ignore_client_order = true;
     if listener.session_resumption {
         // One ticketer per listener, shared by every worker of it: a client resumes on any
         // worker, but never across listeners, so a ticket issued under a laxer client-cert

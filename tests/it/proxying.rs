@@ -278,6 +278,9 @@ fn http10_request_is_answered_and_closed() {
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("GET /old HTTP/1.1"), "{text}");
+    // HTTP/1.1 requires Host: the configured upstream stands in for the one 1.0 omitted.
+    let echo_host = format!("Host: {}\r\n", running.echo().addr);
+    assert!(text.contains(&echo_host), "{text}");
 }
 
 #[test]
