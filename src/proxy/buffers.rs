@@ -59,8 +59,11 @@ impl Slot {
         self.0 = Some(buf);
     }
 
-    pub fn is_empty_or_drained(&self) -> bool {
-        self.0.as_ref().is_none_or(|b| b.is_empty())
+    /// Returns the buffer to the pool whatever it holds (the caller has consumed it).
+    pub fn release(&mut self) {
+        if let Some(b) = self.0.take() {
+            give(b);
+        }
     }
 
     /// Returns an empty buffer to the pool.

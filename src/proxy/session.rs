@@ -102,9 +102,8 @@ impl Session {
         self.tls.close().await;
     }
 
-    fn pending(&mut self) -> &[u8] {
-        let start = self.start;
-        &self.inbuf.get()[start..]
+    fn pending(&self) -> &[u8] {
+        self.inbuf.get_ref().get(self.start..).unwrap_or(&[])
     }
 
     /// Drops consumed bytes so the buffer has room again.

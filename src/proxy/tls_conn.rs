@@ -84,7 +84,7 @@ impl TlsConn {
 
     /// True when decrypted or undecrypted client bytes are already buffered.
     pub fn has_buffered_input(&mut self) -> bool {
-        !self.rx.is_empty_or_drained() && self.rx_pos < self.rx.get().len()
+        self.rx_pos < self.rx.get_ref().len()
             || matches!(self.tls.reader().fill_buf(), Ok(b) if !b.is_empty())
     }
 
@@ -96,11 +96,10 @@ impl TlsConn {
 
     /// Gives the ciphertext buffers back to the worker's pool if they hold nothing.
     pub fn release_buffers(&mut self) {
-        if self.rx_pos >= self.rx.get().len() {
-            self.rx.get().clear();
+        if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
+            self.rx.release();
         }
-        self.rx.release_if_empty();
         self.tx.release_if_empty();
     }
 
