@@ -126,13 +126,16 @@ fn example_config_parses() {
 #[test]
 fn demo_prints_curl_commands_that_work() {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .args(["demo", "--bind", "127.0.0.1:0"])
-        .env("CERTGATE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["demo", "--bind", "127.0.0.1:0"])
+            .env("CERTGATE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let mut lines = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -172,7 +175,136 @@ fn demo_prints_curl_commands_that_work() {
         assert!(xfcc[0].starts_with("Hash="), "{with}");
     }
     // SIGTERM: graceful stop, exit status 0.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Where io_uring is unavailable certgate runs on monoio's epoll driver, with one warning line.
+/// `CERTGATE_EPOLL=1` forces that path, so it is exercised on machines that have io_uring.
+#[test]
+fn epoll_fallback_serves_the_same_traffic() {
+    use std::io::{BufReader, Read};
+    let echo = certgate::demo::echo::EchoApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = temp_dir("epoll");
+    write_pki(&dir);
+    let port = dead_addr().port();
+    let text = config_text(&Setup::new("accept"), echo.addr)
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+    let stderr_path = dir.join("stderr.log");
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["--config", &path])
+            .env("CERTGATE_EPOLL", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < until, "certgate did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let mut tls = connect(addr, client_config(ClientCert::Valid, false));
+    for i in 0..3 {
+        let resp = exchange(&mut tls, &get(&format!("/epoll/{i}"))).unwrap();
+        let xfcc = header_values(&resp.upstream_head(), "x-forwarded-client-cert");
+        assert_eq!(xfcc, vec![expected_xfcc(&ClientCert::Valid.chain())]);
+    }
+    use std::io::Write;
+    tls.write_all(&get("/bytes/1000000")).unwrap();
+    let resp = read_response(&mut BufReader::new(&mut tls), false).unwrap();
+    assert_eq!(resp.body, certgate::demo::echo::pattern(1_000_000));
+
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    std::fs::File::open(&stderr_path)
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("epoll")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors, certgate neither spins on accept nor crashes, and accepts again
+/// once descriptors are free.
+#[test]
+fn descriptor_exhaustion_backs_off_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    let echo = certgate::demo::echo::EchoApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = temp_dir("emfile");
+    write_pki(&dir);
+    let port = dead_addr().port();
+    let text = config_text(&Setup::new("accept"), echo.addr)
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config(&dir, &text);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certgate"));
+    cmd.args(["--config", &path]).env("CERTGATE_LOG", "warn");
+    // SAFETY: setrlimit is async-signal-safe; it only lowers the child's own descriptor limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = Reaped(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < until, "certgate did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Far more idle connections than descriptors: the rest wait in the backlog.
+    let hogs: Vec<std::net::TcpStream> = (0..120)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = cpu_ticks(child.0.id());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let spent = cpu_ticks(child.0.id()) - before;
+    // A spinning accept loop would burn ~100 ticks per second.
+    assert!(
+        spent < 20,
+        "certgate burned {spent} ticks while out of descriptors"
+    );
+    assert!(child.0.try_wait().unwrap().is_none(), "certgate exited");
+    drop(hogs);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let resp = loop {
+        match request(addr, ClientCert::Valid, &get("/after-emfile")) {
+            Ok(resp) => break resp,
+            Err(e) => {
+                assert!(std::time::Instant::now() < until, "never served again: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(resp.status, 200);
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
 }

@@ -640,12 +640,15 @@ fn sigterm_drains_the_in_flight_request_and_exits_zero() {
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let path = dir.join("certgate.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .arg("--config")
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually("the binary listens", || TcpStream::connect(addr).is_ok());
 
@@ -656,7 +659,7 @@ fn sigterm_drains_the_in_flight_request_and_exits_zero() {
         fake.log.heads().len() == 1
     });
     // SAFETY: sending a signal to a child process this test spawned.
-    let pid = i32::try_from(child.id()).unwrap();
+    let pid = i32::try_from(child.0.id()).unwrap();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
 
     let mut reader = BufReader::new(&mut busy);
@@ -665,11 +668,11 @@ fn sigterm_drains_the_in_flight_request_and_exits_zero() {
 
     let until = Instant::now() + Duration::from_secs(5);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         if Instant::now() > until {
-            let _ = child.kill();
+            let _ = child.0.kill();
             panic!("certgate did not exit after SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));
