@@ -28,6 +28,8 @@ use crate::tls::cache;
 /// Trailer bytes a chunked request may carry (they are read and dropped).
 const MAX_TRAILER_BYTES: usize = 8 * 1024;
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// How long a connection that got an error response may keep sending before it is closed.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Session {
     tls: TlsConn,
@@ -90,7 +92,7 @@ impl Session {
                     match effect(&e, self.response_started) {
                         Effect::Respond(status) => {
                             let _ = self.tls.write_plain(http::error_response(status)).await;
-                            self.tls.close().await;
+                            self.tls.linger_close(LINGER).await;
                         }
                         // Truncated on purpose: no close_notify after a partial response.
                         Effect::Close => {}

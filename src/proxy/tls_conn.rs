@@ -210,6 +210,33 @@ impl TlsConn {
         Ok(())
     }
 
+    /// Ends a connection after an error response without losing that response: close_notify,
+    /// FIN, then whatever the client still sends is read and dropped (for at most `limit` or
+    /// 1 MiB) before the socket closes. Closing with unread input would make the kernel send a
+    /// reset, and a client still busy sending its request would see the reset instead of the
+    /// 400 or 431 (nginx calls this lingering close).
+    pub async fn linger_close(&mut self, limit: std::time::Duration) {
+        self.close().await;
+        if self.tcp.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut drained = 0usize;
+            let mut buf = self.rx.take();
+            while drained < 1 << 20 {
+                buf.clear();
+                let cap = buf.capacity();
+                let (res, slice) = self.tcp.read(buf.slice_mut(0..cap)).await;
+                buf = slice.into_inner();
+                match res {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = monoio::time::timeout(limit, drain).await;
+    }
+
     /// Sends close_notify (best effort) before the socket is dropped.
     pub async fn close(&mut self) {
         self.tls.send_close_notify();

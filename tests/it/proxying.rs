@@ -504,3 +504,33 @@ fn expect_100_continue_is_answered_by_the_proxy() {
     assert!(resp.text().contains("body-bytes: 4"));
     assert!(header_values(&resp.upstream_head(), "expect").is_empty());
 }
+
+/// A client still sending when its request is refused must be able to read the refusal:
+/// certgate drains its input before closing instead of resetting the connection.
+#[test]
+fn refused_client_still_sending_reads_the_error_response() {
+    use std::os::fd::AsRawFd;
+    let running = start(Setup::new("accept"));
+    let mut req = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    while req.len() < 900 * 1024 {
+        req.extend_from_slice(format!("X-Fill-{}: {}\r\n", req.len(), "a".repeat(90)).as_bytes());
+    }
+    let mut tls = connect(running.addr, client_config(ClientCert::None, false));
+    // A small send buffer keeps most of the request in the client while certgate decides,
+    // so the client is still writing when the 431 goes out.
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt on a socket this test owns, with a correctly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            tls.sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let resp = exchange(&mut tls, &req).unwrap();
+    assert_eq!(resp.status, 431);
+    assert!(running.echo().heads().is_empty());
+}
