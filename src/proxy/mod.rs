@@ -63,3 +63,49 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
     }
     session::Session::new(tls, peer, ctx).run().await;
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle keep-alive connection's whole state is its task's future. The per-request
+    /// state (parsed heads, relay futures) is boxed per exchange; if it ever moves back inline,
+    /// every idle connection grows by ~16 KiB, and this fails.
+    #[test]
+    fn idle_connection_state_stays_small() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let tcp = TcpStream::connect_addr(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let root = crate::pki::Ca::root("size test").unwrap();
+            let cert = root.server_cert(&["localhost"]).unwrap();
+            let config = Arc::new(
+                ServerConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_no_client_auth()
+                    .with_single_cert(vec![cert.cert_der.clone()], cert.key_der.clone_key())
+                    .unwrap(),
+            );
+            let ctx = Rc::new(ListenerCtx {
+                name: "size".into(),
+                tls: config.clone(),
+                cache: crate::tls::cache::CacheConfig::new(0, std::time::Duration::from_secs(1)),
+                pool: upstream::Pool::new("127.0.0.1:9".parse().unwrap()),
+                upstream_host: Vec::new(),
+                timeouts: Timeouts::default(),
+                limits: Limits::default(),
+                shutdown: Rc::new(Shutdown::default()),
+            });
+            let tls = TlsConn::new(tcp, rustls::ServerConnection::new(config).unwrap());
+            let session = session::Session::new(tls, "127.0.0.1:1".parse().unwrap(), ctx);
+            let run = session.run();
+            let size = std::mem::size_of_val(&run);
+            assert!(size <= 6 * 1024, "a connection's future is {size} bytes");
+        });
+    }
+}

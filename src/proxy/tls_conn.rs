@@ -205,6 +205,8 @@ impl TlsConn {
                     }
                 }
             }
+            // Sent: emptied, so an idle connection gives the buffer back to the pool.
+            buf.clear();
             self.tx.put(buf);
         }
         Ok(())
