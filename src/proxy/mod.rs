@@ -61,6 +61,13 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
             return;
         }
     }
+    debug!(
+        listener = %ctx.name,
+        %peer,
+        handshake = ?tls.handshake_kind(),
+        client_cert = tls.peer_certificates().is_some(),
+        "TLS connection established"
+    );
     session::Session::new(tls, peer, ctx).run().await;
 }
 #[cfg(test)]

@@ -59,8 +59,9 @@ impl TlsConn {
         self.tls.peer_certificates()
     }
 
-    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.tls.protocol_version()
+    /// Full or resumed handshake (for the connection log line).
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.tls.handshake_kind()
     }
 
     /// Runs the handshake to completion. Ciphertext that follows the client's Finished stays
