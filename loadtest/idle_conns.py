@@ -1,0 +1,96 @@
+"""Memory per idle mTLS connection: open N TLS connections that present a client certificate,
+leave them idle, and measure how much the terminator's resident memory (sum of VmRSS of its
+process tree) grew, divided by N.
+
+    python3 idle_conns.py --target nginx --port 18444 --pid 1234 --n 2000 \
+        --cert client.pem --key client.key --out work/results.jsonl
+"""
+
+import argparse
+import json
+import resource
+import socket
+import ssl
+import time
+
+import procstat
+
+
+def connect(ctx, port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    t = ctx.wrap_socket(s, server_hostname="localhost")  # handshake happens here
+    return t
+
+
+def still_open(conns):
+    """Connections the server has not closed: a non-blocking read must find no data and no EOF."""
+    n = 0
+    for c in conns:
+        c.setblocking(False)
+        try:
+            data = c.recv(1)
+            n += 1 if data else 0  # data (unexpected) still means open; b"" means closed
+        except (ssl.SSLWantReadError, BlockingIOError):
+            n += 1
+        except (OSError, ssl.SSLError):
+            pass
+    return n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--port", required=True, type=int)
+    ap.add_argument("--pid", required=True, type=int)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--cert", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    # Each connection is one descriptor here; raise the soft limit as far as the hard one allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the server cert is self-signed; trust is not under test
+    ctx.load_cert_chain(a.cert, a.key)
+
+    # Warm up so one-time allocations (first handshake, lazily built tables) are not counted.
+    for _ in range(20):
+        connect(ctx, a.port).close()
+    time.sleep(1)
+    before = procstat.rss_kib(a.pid)
+
+    conns, failed = [], 0
+    t0 = time.monotonic()
+    for _ in range(a.n):
+        try:
+            conns.append(connect(ctx, a.port))
+        except (OSError, ssl.SSLError):
+            failed += 1
+    opened_s = time.monotonic() - t0
+    # TLS 1.3: the client's certificate and Finished arrive after the client considers the
+    # handshake done; give the server time to process them before measuring.
+    time.sleep(2)
+    after = procstat.rss_kib(a.pid)
+    alive = still_open(conns)
+    for c in conns:
+        c.close()
+
+    r = {
+        "target": a.target, "scenario": "idle-mtls", "n": a.n, "opened": len(conns),
+        "failed": failed, "still_open": alive, "rss_before_kib": before, "rss_after_kib": after,
+        "bytes_per_conn": (after - before) * 1024 / len(conns) if conns else None,
+        "open_seconds": opened_s,
+    }
+    with open(a.out, "a") as f:
+        f.write(json.dumps(r) + "\n")
+    per = r["bytes_per_conn"]
+    print(f"  {a.target:9} idle-mtls  {len(conns)} open ({failed} failed, {alive} still open)  "
+          f"RSS {before} -> {after} KiB  = {per / 1024 if per else 0:.1f} KiB/conn")
+
+
+if __name__ == "__main__":
+    main()

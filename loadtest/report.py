@@ -1,0 +1,213 @@
+"""Turn work/results.jsonl + work/meta.json into results/latest.md, results/latest.svg and a
+dated copy results/<date>-<commit>.md (and .svg).
+
+    python3 report.py --work loadtest/work --results loadtest/results
+"""
+
+import argparse
+import html
+import math
+import json
+import os
+import shutil
+
+TARGETS = ["certgate", "nginx", "haproxy"]
+COLORS = {"certgate": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1864ab"}
+SCENARIOS = [
+    ("ka-tls", "keep-alive TLS, no client cert (wrk -c32)"),
+    ("ka-mtls", "keep-alive mTLS (oha -c32 --cert)"),
+    ("new-resume", "new connection per request, resumed session, client cert"),
+    ("new-full", "new connection per request, full handshake, no client cert (oha -c32)"),
+    ("new-full-mtls", "new connection per request, full handshake, client cert (oha -c32)"),
+]
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and v >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def fmt_int(v):
+    return "–" if v is None else f"{v:,}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def load(work):
+    rows = []
+    with open(os.path.join(work, "results.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    meta = json.load(open(os.path.join(work, "meta.json")))
+    notes_path = os.path.join(work, "notes.txt")
+    notes = [l.strip() for l in open(notes_path)] if os.path.exists(notes_path) else []
+    return rows, meta, [n for n in notes if n]
+
+
+def markdown(rows, meta, notes):
+    by = {(r["target"], r["scenario"]): r for r in rows}
+    v = meta["versions"]
+    out = [
+        "# certgate vs nginx vs HAProxy — side-by-side load test",
+        "",
+        f"- date: {meta['date']}, certgate commit `{meta['commit']}` ({v['certgate']})",
+        f"- machine: {meta['nproc']} CPUs, {meta['cpu']}, kernel {meta['kernel']}; "
+        f"load average {meta['loadavg_start']} at start, {meta['loadavg_end']} at end",
+        f"- versions: nginx {v['nginx']}, HAProxy {v['haproxy']}, wrk {v['wrk']}, "
+        f"oha {v['oha']}, {v['openssl']}",
+        f"- {meta['duration_s']} s per scenario and target; each terminator alone on core 0 "
+        "with one worker; load generator and upstream (nginx `return 200`) on core 1",
+        "",
+        "**Compare ratios, not absolute numbers**: the machine is shared and has 2 cores. "
+        "*CPU µs/req* is the terminator's own CPU time (utime+stime of all its processes) "
+        "divided by completed requests; it stays fair when the load generator, not the "
+        "terminator, is the bottleneck (see *core %*: 100 % means the terminator saturated "
+        "its core). Ratios > 1 mean certgate spends more CPU per request than the peer. "
+        "*errors* leaves out the requests oha aborts because they are in flight when the "
+        "duration ends; *upstream conns opened* counts the connections the upstream accepted "
+        "during the scenario (stub_status).",
+        "",
+        "## CPU per request",
+        "",
+        "| scenario | certgate µs/req | nginx µs/req | haproxy µs/req | certgate ÷ nginx | "
+        "certgate ÷ haproxy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s, _ in SCENARIOS:
+        c = [by.get((t, s), {}).get("cpu_us_per_req") for t in TARGETS]
+        if not any(c):
+            continue
+        out.append(f"| {s} | {fmt(c[0])} | {fmt(c[1])} | {fmt(c[2])} | "
+                   f"**{ratio(c[0], c[1])}** | **{ratio(c[0], c[2])}** |")
+    out += ["", "## All figures", "",
+            "| scenario | target | req/s | p50 ms | p99 ms | CPU µs/req | core % | errors | "
+            "upstream conns opened |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s, desc in SCENARIOS:
+        for t in TARGETS:
+            r = by.get((t, s))
+            if not r:
+                continue
+            err = r["errors"]
+            if r.get("error_kinds"):
+                err = f"{err} ({'; '.join(f'{k}: {n}' for k, n in r['error_kinds'].items())})"
+            out.append(f"| {s} | {t} | {fmt(r['rps'], 0)} | {fmt(r['p50_ms'], 2)} | "
+                       f"{fmt(r['p99_ms'], 2)} | {fmt(r['cpu_us_per_req'])} | "
+                       f"{fmt(r['cpu_pct'], 0)} | {err} | {fmt_int(r.get('upstream_conns'))} |")
+    out += ["", "Scenarios:", ""] + [f"- `{s}`: {d}" for s, d in SCENARIOS]
+
+    idle = {r["target"]: r for r in rows if r["scenario"] == "idle-mtls"}
+    if idle:
+        out += ["", "## Memory per idle mTLS connection", "",
+                f"{meta['idle_conns']} TLS connections presenting a client certificate, "
+                "handshake done, no request; growth of the terminator's summed VmRSS ÷ "
+                "connections.", "",
+                "| target | opened | still open at measurement | RSS before → after (KiB) | "
+                "KiB/conn | certgate ÷ target |",
+                "|---|---:|---:|---:|---:|---:|"]
+        cg = (idle.get("certgate") or {}).get("bytes_per_conn")
+        for t in TARGETS:
+            r = idle.get(t)
+            if not r:
+                continue
+            b = r["bytes_per_conn"]
+            out.append(f"| {t} | {r['opened']} (failed {r['failed']}) | {r['still_open']} | "
+                       f"{r['rss_before_kib']:,} → {r['rss_after_kib']:,} | "
+                       f"{fmt(b / 1024 if b is not None else None)} | "
+                       f"{ratio(cg, b) if t != 'certgate' else ''} |")
+    notes = notes + [f"{r['target']} {r['scenario']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        out += ["", "## Notes from this run", ""] + [f"- {n}" for n in notes]
+    out += ["", "![CPU µs per request](latest.svg)", ""]
+    return "\n".join(out)
+
+
+def svg(rows):
+    """Grouped bars: CPU µs/request per scenario, one bar per target. Written by hand."""
+    by = {(r["target"], r["scenario"]): r.get("cpu_us_per_req") for r in rows}
+    groups = [s for s, _ in SCENARIOS if any(by.get((t, s)) for t in TARGETS)]
+    W, H, left, right, top, bottom = 820, 450, 70, 20, 50, 100
+    pw, ph = W - left - right, H - top - bottom
+    vmax = max([v for v in by.values() if v] or [1])
+    # A "nice" grid step (1, 2, 2.5 or 5 times a power of ten) giving at most ~5 lines.
+    raw = vmax / 5
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    ymax = step * (int(vmax / step) + 1)
+    y = lambda v: top + ph - v / ymax * ph
+    e = []
+    e.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+             f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">')
+    e.append(f'<rect width="{W}" height="{H}" fill="white"/>')
+    e.append(f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
+             'Terminator CPU time per request (µs, lower is better)</text>')
+    v = 0.0
+    while v <= ymax + 1e-9:
+        e.append(f'<line x1="{left}" x2="{W - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                 'stroke="#ddd"/>')
+        e.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+        v += step
+    e.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#333"/>')
+    e.append(f'<line x1="{left}" x2="{W - right}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
+    gw = pw / max(len(groups), 1)
+    bw = gw * 0.75 / len(TARGETS)
+    for gi, s in enumerate(groups):
+        gx = left + gi * gw + gw * 0.125
+        for ti, t in enumerate(TARGETS):
+            val = by.get((t, s))
+            if not val:
+                continue
+            x = gx + ti * bw
+            e.append(f'<rect x="{x:.1f}" y="{y(val):.1f}" width="{bw - 2:.1f}" '
+                     f'height="{top + ph - y(val):.1f}" fill="{COLORS[t]}">'
+                     f'<title>{t} {s}: {val:.1f} µs</title></rect>')
+            e.append(f'<text x="{x + bw / 2 - 1:.1f}" y="{y(val) - 4:.1f}" text-anchor="middle" '
+                     f'font-size="10">{val:.0f}</text>')
+        e.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{top + ph + 18}" '
+                 f'text-anchor="middle">{html.escape(s)}</text>')
+        # certgate's ratio to each peer, so the small keep-alive bars stay readable.
+        cg = by.get(("certgate", s))
+        for li, t in enumerate(TARGETS[1:]):
+            if cg and by.get((t, s)):
+                e.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{top + ph + 33 + li * 13}" '
+                         f'text-anchor="middle" font-size="10" fill="#555">'
+                         f'certgate÷{t} {cg / by[(t, s)]:.2f}</text>')
+    lx = left + 10
+    for t in TARGETS:
+        e.append(f'<rect x="{lx}" y="{H - 28}" width="12" height="12" fill="{COLORS[t]}"/>')
+        e.append(f'<text x="{lx + 17}" y="{H - 18}">{t}</text>')
+        lx += 110
+    e.append("</svg>")
+    return "\n".join(e) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results", required=True)
+    a = ap.parse_args()
+    rows, meta, notes = load(a.work)
+    os.makedirs(a.results, exist_ok=True)
+    md = os.path.join(a.results, "latest.md")
+    sv = os.path.join(a.results, "latest.svg")
+    with open(md, "w") as f:
+        f.write(markdown(rows, meta, notes))
+    with open(sv, "w") as f:
+        f.write(svg(rows))
+    shutil.copy(os.path.join(a.work, "results.jsonl"), os.path.join(a.results, "latest.jsonl"))
+    stamp = f"{meta['date'][:10]}-{meta['commit']}"
+    # The dated copy points at its own chart, so it still renders after the next run.
+    with open(os.path.join(a.results, f"{stamp}.md"), "w") as f:
+        f.write(markdown(rows, meta, notes).replace("(latest.svg)", f"({stamp}.svg)"))
+    shutil.copy(sv, os.path.join(a.results, f"{stamp}.svg"))
+    print(open(md).read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+#!/usr/bin/env bash
+# Side-by-side load test: certgate vs nginx vs HAProxy, same upstream, same certificates,
+# same core. Writes loadtest/results/latest.md, latest.svg and a dated copy.
+#
+#   sudo loadtest/run.sh                 # 10 s per scenario
+#   sudo DURATION=30 loadtest/run.sh     # longer, less noisy
+#   sudo QUICK=1 loadtest/run.sh         # 3 s per scenario, a smoke test
+#
+# Other knobs: IDLE_CONNS (default 2000), SKIP_INSTALL=1, SKIP_BUILD=1, PERF=1 (profile
+# certgate with perf during ka-mtls and new-full-mtls), PORT_BASE (default 18440).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+WORK=$HERE/work          # generated certs, configs, logs, raw outputs (gitignored)
+RESULTS=$HERE/results
+DURATION=${DURATION:-10}
+[[ ${QUICK:-0} == 1 ]] && DURATION=3
+IDLE_CONNS=${IDLE_CONNS:-2000}
+PORT_BASE=${PORT_BASE:-18440}
+UPSTREAM_PORT=$((PORT_BASE + 0))
+declare -A PORT=([certgate]=$((PORT_BASE + 3)) [nginx]=$((PORT_BASE + 4)) [haproxy]=$((PORT_BASE + 5)))
+TARGETS=(certgate nginx haproxy)
+TERM_CPU=0   # the terminator under test, alone
+GEN_CPU=1    # load generator and upstream share the other core
+
+export PATH=$HOME/.cargo/bin:$PATH
+export PYTHONDONTWRITEBYTECODE=1  # keep __pycache__ out of the source tree
+
+log() { printf '\n== %s\n' "$*"; }
+warn() { printf '!! %s\n' "$*" >&2; echo "$*" >>"$WORK/notes.txt"; }
+die() { printf 'FATAL: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping: every daemon we start is recorded so the EXIT trap can stop it, also
+# when the script fails half-way (set -e) or is interrupted.
+declare -A PID=()
+STARTED=()
+cleanup() {
+  local rc=$?
+  trap - EXIT
+  if ((${#STARTED[@]})); then
+    for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 1
+    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CPU CMD... : run CMD pinned to CPU in the background, log to work/logs/NAME.log.
+# taskset execs CMD, so $! is the daemon itself (for nginx: its master; workers are children).
+start() {
+  local name=$1 cpu=$2; shift 2
+  taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
+  PID[$name]=$!
+  STARTED+=("$!")
+}
+
+stop() {
+  local name=$1 p=${PID[$1]:-}
+  [[ -n $p ]] || return 0
+  kill -TERM "$p" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  unset "PID[$name]"
+}
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "${PID[$name]}" 2>/dev/null || { tail -20 "$WORK/logs/$name.log" >&2; die "$name exited at startup"; }
+    sleep 0.1
+  done
+  tail -20 "$WORK/logs/$name.log" >&2
+  die "$name is not listening on port $port"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Tools.
+install_tools() {
+  local missing=()
+  for t in nginx haproxy wrk openssl python3 curl taskset cc; do
+    command -v "$t" >/dev/null || missing+=("$t")
+  done
+  if ((${#missing[@]})); then
+    log "installing packages (missing: ${missing[*]})"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    # build-essential: the C compiler that ring (via rustls) and oha need to build.
+    apt-get -o DPkg::Lock::Timeout=300 install -y nginx haproxy wrk openssl python3 curl util-linux build-essential
+    # perf only matters for PERF=1; its package name varies between releases.
+    apt-get -o DPkg::Lock::Timeout=300 install -y linux-perf >/dev/null 2>&1 || echo "(linux-perf not installed; PERF=1 unavailable)"
+  fi
+  # certgate needs Rust >= 1.85, newer than Debian 12's cargo: use rustup when cargo is absent.
+  if ! command -v cargo >/dev/null; then
+    log "installing Rust with rustup"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH=$HOME/.cargo/bin:$PATH
+  fi
+  if ! command -v oha >/dev/null; then
+    log "installing oha with cargo (takes several minutes on 2 cores)"
+    cargo install oha --locked || warn "oha could not be installed: scenarios ka-mtls, new-full, new-full-mtls (and new-resume unless openssl s_time is used) are skipped"
+  fi
+}
+
+# The Debian packages may have started system nginx/haproxy services; they are not ours (and
+# idle), but a left-over run or another service must not hold our ports.
+check_ports() {
+  for p in "$UPSTREAM_PORT" "${PORT[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use (set PORT_BASE)"; fi
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2. Build. Other people may be editing src/, so a failing build is retried for a while.
+build() {
+  log "building certgate (release)"
+  local i
+  for i in 1 2 3 4 5 6; do
+    # pipefail: the pipeline fails when cargo does.
+    if (cd "$ROOT" && cargo build --release 2>&1 | tail -3); then return 0; fi
+    echo "build failed (try $i/6); retrying in 20 s"
+    sleep 20
+  done
+  die "cargo build --release keeps failing"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. Certificates: one ECDSA P-256 server cert (self-signed, SAN localhost/127.0.0.1), a client
+# CA and a client cert it issued, and an unrelated CA for HAProxy (see haproxy_conf).
+make_certs() {
+  log "generating certificates"
+  local c=$WORK/certs
+  mkdir -p "$c"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  openssl req -x509 "${ec[@]}" -keyout "$c/server.key" -out "$c/server.pem" -days 30 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+  cat "$c/server.pem" "$c/server.key" >"$c/server-combined.pem"  # HAProxy wants both in one
+  openssl req -x509 "${ec[@]}" -keyout "$c/client-ca.key" -out "$c/client-ca.pem" -days 30 \
+    -subj "/CN=loadtest client CA" -addext "basicConstraints=critical,CA:true" 2>/dev/null
+  openssl req "${ec[@]}" -keyout "$c/client.key" -out "$c/client.csr" -subj /CN=loadtest-client 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\nsubjectAltName=DNS:loadtest-client\n' >"$c/client.ext"
+  openssl x509 -req -in "$c/client.csr" -CA "$c/client-ca.pem" -CAkey "$c/client-ca.key" \
+    -CAcreateserial -days 30 -extfile "$c/client.ext" -out "$c/client.pem" 2>/dev/null
+  openssl req -x509 "${ec[@]}" -keyout "$c/other-ca.key" -out "$c/other-ca.pem" -days 30 \
+    -subj "/CN=unrelated CA" 2>/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. Upstream: a separate nginx instance answering "ok" from memory, on the generator's core.
+# /xfcc echoes the forwarded header so each terminator can be checked end to end.
+start_upstream() {
+  local d=$WORK/upstream
+  mkdir -p "$d/logs"
+  cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  default_type text/plain;
+  client_body_temp_path $d/tmp;
+  # The terminators keep upstream connections alive; never make them reconnect.
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$UPSTREAM_PORT;
+    location / { return 200 "ok\n"; }
+    # Counts connections accepted, so the report can show how many upstream connections
+    # each terminator opened per scenario.
+    location = /status { stub_status; }
+    location /xfcc { return 200 "xfcc=\$http_x_forwarded_client_cert\n"; }
+  }
+}
+EOF
+  start upstream "$GEN_CPU" nginx -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" -g 'daemon off;'
+  wait_port "$UPSTREAM_PORT" upstream
+}
+
+# ---------------------------------------------------------------------------------------------
+# 5. The terminators. $1 = on|off: TLS session resumption (tickets and session cache).
+certgate_conf() {
+  cat <<EOF
+[server]
+workers = 1
+pin_workers = false   # taskset pins the whole process to core $TERM_CPU
+
+[[listener]]
+name = "loadtest"
+bind = "127.0.0.1:${PORT[certgate]}"
+cert = "$WORK/certs/server.pem"
+key = "$WORK/certs/server.key"
+client_certificate_mode = "accept"
+upstream = "127.0.0.1:$UPSTREAM_PORT"
+session_resumption = $([[ $1 == on ]] && echo true || echo false)
+EOF
+}
+
+nginx_conf() {
+  local d=$WORK/nginx tickets=off cache=off
+  [[ $1 == on ]] && { tickets=on; cache="shared:SSL:10m"; }
+  cat <<EOF
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+events { worker_connections $(( NOFILE - 100 )); }
+http {
+  client_body_temp_path $d/tmp;
+  proxy_temp_path $d/tmp;
+  # Defaults would close a keep-alive client after 1000 requests and add handshakes that the
+  # other two never do.
+  keepalive_requests 100000000;
+  keepalive_timeout 60s;
+  log_format reuse "\$ssl_session_reused";
+  # One line per *new* connection ("r" = resumed, "." = full handshake), so the report can say
+  # how many of oha's connections really resumed in new-resume. Keep-alive requests log nothing.
+  map \$connection_requests \$first_request { 1 1; default 0; }
+  access_log $d/logs/handshakes.log reuse buffer=64k flush=1s if=\$first_request;
+  upstream app {
+    server 127.0.0.1:$UPSTREAM_PORT;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:${PORT[nginx]} ssl;
+    ssl_certificate $WORK/certs/server.pem;
+    ssl_certificate_key $WORK/certs/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_verify_client optional_no_ca;
+    ssl_session_tickets $tickets;
+    ssl_session_cache $cache;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$host;
+    proxy_set_header X-Forwarded-Client-Cert \$ssl_client_escaped_cert;
+    location / { proxy_pass http://app; }
+    # Only used to find out whether a load generator resumes sessions (see oha_resumes).
+    location /probe { access_log $d/logs/reuse.log reuse; proxy_pass http://app; }
+  }
+}
+EOF
+}
+
+# HAProxy 2.6 refuses "verify optional" without a ca-file. It gets an unrelated CA plus
+# ca-ignore-err/crt-ignore-err all, so that, like nginx's optional_no_ca and certgate's accept
+# mode without client_ca, any client certificate is accepted and no chain signature is checked.
+haproxy_conf() {
+  local notickets="" cache=""
+  [[ $1 == off ]] && { notickets=" no-tls-tickets"; cache="  tune.ssl.cachesize 0"; }
+  cat <<EOF
+global
+  nbthread 1
+  maxconn $(( (NOFILE - 100) / 2 ))   # each proxied connection uses two descriptors
+$cache
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend fe
+  bind 127.0.0.1:${PORT[haproxy]} ssl crt $WORK/certs/server-combined.pem verify optional ca-file $WORK/certs/other-ca.pem ca-ignore-err all crt-ignore-err all ssl-min-ver TLSv1.2$notickets
+  http-request del-header X-Forwarded-Client-Cert
+  http-request set-header X-Forwarded-Client-Cert %[ssl_c_der,base64] if { ssl_c_used }
+  default_backend app
+backend app
+  http-reuse always
+  server up 127.0.0.1:$UPSTREAM_PORT
+EOF
+}
+
+start_terminators() {
+  local mode=$1
+  log "starting terminators on core $TERM_CPU (session resumption $mode)"
+  mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+  certgate_conf "$mode" >"$WORK/certgate-$mode.toml"
+  nginx_conf "$mode" >"$WORK/nginx-$mode.conf"
+  haproxy_conf "$mode" >"$WORK/haproxy-$mode.cfg"
+  CERTGATE_LOG=warn start certgate "$TERM_CPU" "$ROOT/target/release/certgate" --config "$WORK/certgate-$mode.toml"
+  start nginx "$TERM_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx-$mode.conf" -e "$WORK/nginx/logs/error.log" -g 'daemon off;'
+  start haproxy "$TERM_CPU" haproxy -db -f "$WORK/haproxy-$mode.cfg"
+  for t in "${TARGETS[@]}"; do wait_port "${PORT[$t]}" "$t"; done
+  for t in "${TARGETS[@]}"; do verify "$t" "$mode"; done
+}
+
+stop_terminators() {
+  for t in "${TARGETS[@]}"; do stop "$t"; done
+}
+
+# One real request through each target: with a client certificate the upstream must receive
+# the certificate header; without one it must not; resumption must be as configured.
+verify() {
+  local t=$1 mode=$2 url="https://127.0.0.1:${PORT[$1]}/xfcc" c=$WORK/certs out
+  out=$(curl -sS -k --max-time 5 --cert "$c/client.pem" --key "$c/client.key" -w '\n%{http_code}' "$url") \
+    || die "$t: request with client certificate failed"
+  [[ $(tail -1 <<<"$out") == 200 ]] || die "$t: expected 200, got: $out"
+  local hdr; hdr=$(head -1 <<<"$out"); hdr=${hdr#xfcc=}
+  ((${#hdr} > 200)) || die "$t: upstream did not receive X-Forwarded-Client-Cert (got '${hdr:0:80}')"
+  out=$(curl -sS -k --max-time 5 "$url" | head -1)
+  [[ $out == "xfcc=" ]] || die "$t: without a client certificate the upstream still got: ${out:0:80}"
+  local r; r=$(python3 "$HERE/probe_resume.py" "${PORT[$t]}" "$c/client.pem" "$c/client.key")
+  local want=full; [[ $mode == on ]] && want=reused
+  [[ $r == "$want" ]] || warn "$t: resumption is '$r' but '$want' was configured"
+  printf '  %-9s ok: XFCC forwarded (%d chars), handshake %s\n' "$t" "${#hdr}" "$r"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 6. Load.
+RESULTS_JSONL=$WORK/results.jsonl
+OHA_TLS=()   # oha flags for "accept the self-signed server certificate", set in detect_oha
+
+detect_oha() {
+  OHA=$(command -v oha || true)
+  [[ -n $OHA ]] || return 0
+  "$OHA" --help >"$WORK/oha-help.txt" 2>&1 || true
+  grep -q -- '--insecure' "$WORK/oha-help.txt" && OHA_TLS+=(--insecure)
+  grep -q -- '--no-tui' "$WORK/oha-help.txt" && OHA_TLS+=(--no-tui)
+  for f in --cert --key --disable-keepalive --output-format; do
+    grep -q -- "$f" "$WORK/oha-help.txt" || { warn "installed oha lacks $f; oha scenarios skipped"; OHA=""; return 0; }
+  done
+}
+
+# bench TARGET SCENARIO TOOL CMD... : run CMD on the generator core, record one result line.
+bench() {
+  local t=$1 s=$2 tool=$3; shift 3
+  local perfpid=""
+  if [[ ${PERF:-0} == 1 && $t == certgate && ($s == ka-mtls || $s == new-full-mtls) ]] && command -v perf >/dev/null; then
+    perf record -q -F 499 -g -p "${PID[certgate]}" -o "$WORK/perf-$s.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perfpid=$!
+  fi
+  python3 "$HERE/bench.py" --target "$t" --scenario "$s" --pid "${PID[$t]}" --tool "$tool" \
+    --duration "$DURATION" --out "$RESULTS_JSONL" --raw "$WORK/raw/$s-$t.txt" \
+    --upstream-status "http://127.0.0.1:$UPSTREAM_PORT/status" \
+    -- taskset -c "$GEN_CPU" "$@"
+  if [[ -n $perfpid ]]; then
+    wait "$perfpid" || true
+    perf report -i "$WORK/perf-$s.data" --stdio --no-children --percent-limit 1 2>/dev/null \
+      | grep -v '^$' | head -150 >"$RESULTS/perf-certgate-$s.txt" || true
+  fi
+  kill -0 "${PID[$t]}" 2>/dev/null || { tail -30 "$WORK/logs/$t.log" >&2; die "$t died during $s"; }
+  sleep 1  # let TIME_WAIT/teardown work finish before the next target is measured
+}
+
+oha_run() {  # oha_run TARGET SCENARIO [extra oha flags]
+  local t=$1 s=$2; shift 2
+  bench "$t" "$s" oha "$OHA" -c 32 -z "${DURATION}s" --output-format json "${OHA_TLS[@]}" "$@" \
+    "https://127.0.0.1:${PORT[$t]}/"
+}
+
+# Does oha resume TLS sessions when it opens a new connection per request? nginx logs
+# $ssl_session_reused ("r" or ".") for /probe; ask oha for 500 requests there, with the concurrency of the scenario.
+oha_resumes() {
+  : >"$WORK/nginx/logs/reuse.log"
+  taskset -c "$GEN_CPU" "$OHA" -n 500 -c 32 --disable-keepalive --output-format json "${OHA_TLS[@]}" \
+    "https://127.0.0.1:${PORT[nginx]}/probe" >/dev/null 2>&1 || true
+  sleep 0.5
+  local reused total
+  reused=$(grep -c '^r$' "$WORK/nginx/logs/reuse.log" || true)
+  total=$(wc -l <"$WORK/nginx/logs/reuse.log")
+  echo "  oha --disable-keepalive: $reused of $total connections resumed a session"
+  ((total > 0 && reused * 2 > total))
+}
+
+idle_memory() {
+  log "memory per idle mTLS connection ($IDLE_CONNS connections each)"
+  for t in "${TARGETS[@]}"; do
+    taskset -c "$GEN_CPU" python3 "$HERE/idle_conns.py" --target "$t" --port "${PORT[$t]}" \
+      --pid "${PID[$t]}" --n "$IDLE_CONNS" --cert "$WORK/certs/client.pem" \
+      --key "$WORK/certs/client.key" --out "$RESULTS_JSONL"
+    kill -0 "${PID[$t]}" 2>/dev/null || die "$t died holding idle connections"
+    sleep 1
+  done
+}
+
+scenarios_resumption_on() {
+  local c=$WORK/certs t
+  log "ka-tls: keep-alive TLS, no client certificate (wrk -t1 -c32)"
+  for t in "${TARGETS[@]}"; do
+    bench "$t" ka-tls wrk wrk -t1 -c32 -d"${DURATION}s" --latency "https://127.0.0.1:${PORT[$t]}/"
+  done
+  if [[ -z $OHA ]]; then warn "oha missing: ka-mtls skipped"; else
+    log "ka-mtls: keep-alive mTLS (oha -c 32 --cert --key)"
+    for t in "${TARGETS[@]}"; do oha_run "$t" ka-mtls --cert "$c/client.pem" --key "$c/client.key"; done
+  fi
+  log "new-resume: new connection per request, session resumption, client certificate"
+  if [[ -n $OHA ]] && oha_resumes; then
+    echo "new-resume tool: oha --disable-keepalive (it resumes sessions)" >>"$WORK/notes.txt"
+    for t in "${TARGETS[@]}"; do
+      [[ $t == nginx ]] && : >"$WORK/nginx/logs/handshakes.log"
+      oha_run "$t" new-resume --disable-keepalive --cert "$c/client.pem" --key "$c/client.key"
+    done
+    sleep 1  # nginx flushes its log buffer every second
+    local r n
+    r=$(grep -c '^r$' "$WORK/nginx/logs/handshakes.log" || true)
+    n=$(wc -l <"$WORK/nginx/logs/handshakes.log")
+    echo "new-resume: $r of $n connections to nginx resumed a session (certgate and HAProxy do not log this; oha drives all three the same way)" >>"$WORK/notes.txt"
+    tail -1 "$WORK/notes.txt"
+  else
+    # oha does not resume (or is missing): openssl s_time -reuse does, one connection at a
+    # time (HTTP/1.0 GET, connection closed by the server), so it measures the terminator's
+    # CPU per resumed connection but not its throughput under concurrency.
+    warn "new-resume: oha --disable-keepalive does not resume TLS sessions; measured with 'openssl s_time -reuse' (sequential, 1 connection at a time, mean latency only)"
+    for t in "${TARGETS[@]}"; do
+      bench "$t" new-resume stime openssl s_time -connect "127.0.0.1:${PORT[$t]}" -reuse \
+        -time "$DURATION" -www / -cert "$c/client.pem" -key "$c/client.key"
+    done
+  fi
+}
+
+scenarios_resumption_off() {
+  local c=$WORK/certs t
+  if [[ -z $OHA ]]; then warn "oha missing: new-full and new-full-mtls skipped"; return 0; fi
+  log "new-full: new connection per request, full handshake, no client certificate"
+  for t in "${TARGETS[@]}"; do oha_run "$t" new-full --disable-keepalive; done
+  log "new-full-mtls: new connection per request, full handshake, client certificate"
+  for t in "${TARGETS[@]}"; do
+    oha_run "$t" new-full-mtls --disable-keepalive --cert "$c/client.pem" --key "$c/client.key"
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# 7. Metadata for the report header.
+write_meta() {
+  local commit; commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  python3 - "$WORK/meta.json" <<EOF
+import json, sys
+json.dump({
+  "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "commit": "$commit",
+  "nproc": "$(nproc)",
+  "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
+  "kernel": "$(uname -r)",
+  "duration_s": "$DURATION",
+  "idle_conns": "$IDLE_CONNS",
+  "loadavg_start": "$LOADAVG_START",
+  "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "versions": {
+    "certgate": "$("$ROOT/target/release/certgate" --version 2>&1 | head -1)",
+    "nginx": "$(nginx -v 2>&1 | sed 's/.*: //')",
+    "haproxy": "$(haproxy -v | head -1 | awk '{print $3}')",
+    "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $2}')",
+    "oha": "$([[ -n $OHA ]] && "$OHA" --version 2>&1 | head -1 || echo missing)",
+    "openssl": "$(openssl version)",
+  },
+}, open(sys.argv[1], "w"), indent=1)
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+main() {
+  [[ $(id -u) == 0 ]] || echo "(not root: package installation and ulimit raise may fail)"
+  # 2000+ idle connections, each also an upstream socket for the proxies.
+  # (containers often cap the hard limit; then use what is allowed).
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  NOFILE=$(ulimit -n)
+  ((NOFILE > IDLE_CONNS * 2 + 200)) || die "open-file limit $NOFILE too low for IDLE_CONNS=$IDLE_CONNS"
+  rm -rf "$WORK/raw" "$WORK/logs" "$RESULTS_JSONL" "$WORK/notes.txt" "$WORK/nginx"
+  mkdir -p "$WORK/raw" "$WORK/logs" "$RESULTS"
+  : >"$WORK/notes.txt"
+  LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+  [[ ${SKIP_INSTALL:-0} == 1 ]] || install_tools
+  [[ ${SKIP_BUILD:-0} == 1 ]] || build
+  [[ -x $ROOT/target/release/certgate ]] || die "no certgate binary"
+  check_ports
+  detect_oha
+  make_certs
+  start_upstream
+
+  start_terminators on
+  idle_memory
+  scenarios_resumption_on
+  stop_terminators
+
+  start_terminators off
+  scenarios_resumption_off
+  stop_terminators
+
+  write_meta
+  log "writing report"
+  python3 "$HERE/report.py" --work "$WORK" --results "$RESULTS"
+}
+
+main "$@"
