@@ -186,29 +186,12 @@ fn demo_prints_curl_commands_that_work() {
 fn epoll_fallback_serves_the_same_traffic() {
     use std::io::{BufReader, Read};
     let echo = certgate::demo::echo::EchoApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    let dir = temp_dir("epoll");
-    write_pki(&dir);
-    let port = dead_addr().port();
-    let text = config_text(&Setup::new("accept"), echo.addr)
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let path = write_config(&dir, &text);
-    let stderr_path = dir.join("stderr.log");
-    let mut child = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_certgate"))
-            .args(["--config", &path])
-            .env("CERTGATE_EPOLL", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(std::time::Instant::now() < until, "certgate did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-
+    let stderr_path = temp_dir("epoll-log").join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut bin = Binary::spawn(&Setup::new("accept"), echo.addr, |cmd| {
+        cmd.env("CERTGATE_EPOLL", "1").stderr(stderr);
+    });
+    let addr = bin.addr;
     let mut tls = connect(addr, client_config(ClientCert::Valid, false));
     for i in 0..3 {
         let resp = exchange(&mut tls, &get(&format!("/epoll/{i}"))).unwrap();
@@ -220,8 +203,7 @@ fn epoll_fallback_serves_the_same_traffic() {
     let resp = read_response(&mut BufReader::new(&mut tls), false).unwrap();
     assert_eq!(resp.body, certgate::demo::echo::pattern(1_000_000));
 
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    let status = child.0.wait().unwrap();
+    let status = bin.terminate();
     assert!(status.success(), "{status:?}");
     let mut log = String::new();
     std::fs::File::open(&stderr_path)
@@ -246,53 +228,36 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn descriptor_exhaustion_backs_off_and_recovers() {
     use std::os::unix::process::CommandExt;
     let echo = certgate::demo::echo::EchoApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    let dir = temp_dir("emfile");
-    write_pki(&dir);
-    let port = dead_addr().port();
-    let text = config_text(&Setup::new("accept"), echo.addr)
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let path = write_config(&dir, &text);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certgate"));
-    cmd.args(["--config", &path]).env("CERTGATE_LOG", "warn");
-    // SAFETY: setrlimit is async-signal-safe; it only lowers the child's own descriptor limit.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 48,
-                rlim_max: 48,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = Reaped(
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(std::time::Instant::now() < until, "certgate did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut bin = Binary::spawn(&Setup::new("accept"), echo.addr, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe; it only lowers the child's own limit.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 48,
+                    rlim_max: 48,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let addr = bin.addr;
     // Far more idle connections than descriptors: the rest wait in the backlog.
     let hogs: Vec<std::net::TcpStream> = (0..120)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = cpu_ticks(child.0.id());
+    let before = cpu_ticks(bin.pid());
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let spent = cpu_ticks(child.0.id()) - before;
+    let spent = cpu_ticks(bin.pid()) - before;
     // A spinning accept loop would burn ~100 ticks per second.
     assert!(
         spent < 20,
         "certgate burned {spent} ticks while out of descriptors"
     );
-    assert!(child.0.try_wait().unwrap().is_none(), "certgate exited");
+    assert!(bin.child.0.try_wait().unwrap().is_none(), "certgate exited");
     drop(hogs);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let resp = loop {
@@ -305,6 +270,5 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         }
     };
     assert_eq!(resp.status, 200);
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    assert!(child.0.wait().unwrap().success());
+    assert!(bin.terminate().success());
 }

@@ -413,3 +413,72 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// The certgate binary serving `setup` in front of `upstream`, on a free fixed port.
+pub struct Binary {
+    pub child: Reaped,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Binary {
+    /// Writes the PKI and config to a fresh folder, lets `adjust` change the command (env,
+    /// limits, where stderr goes), starts it and waits until it listens.
+    pub fn spawn(
+        setup: &Setup,
+        upstream: SocketAddr,
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Binary {
+        let dir = temp_dir("binary");
+        write_pki(&dir);
+        let port = dead_addr().port();
+        let text =
+            config_text(setup, upstream).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        let path = dir.join("certgate.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"));
+        cmd.arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        adjust(&mut cmd);
+        let child = Reaped(cmd.spawn().unwrap());
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "certgate did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Binary { child, addr, dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling a child process this test spawned.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) }, 0);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "certgate did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
