@@ -48,6 +48,11 @@ impl EchoApp {
         Ok(EchoApp { addr, seen })
     }
 
+    /// Upstream connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.seen.connections.load(Ordering::SeqCst)
+    }
+
     /// Request heads received so far, in arrival order.
     pub fn heads(&self) -> Vec<Vec<u8>> {
         self.seen

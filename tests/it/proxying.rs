@@ -25,14 +25,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
             .upstream_head()
             .starts_with(&format!("GET /ka/{i} HTTP/1.1")));
     }
-    assert_eq!(
-        running
-            .echo()
-            .seen
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_eq!(running.echo().connections(), 1);
 }
 
 #[test]
@@ -81,14 +74,7 @@ fn two_clients_interleaved_through_one_pooled_upstream_connection_keep_their_own
         }
     }
     // One worker, strictly sequential exchanges: a single upstream connection served all nine.
-    assert_eq!(
-        running
-            .echo()
-            .seen
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_eq!(running.echo().connections(), 1);
 }
 
 #[test]
