@@ -1,0 +1,284 @@
+//! Unit tests of `config`: the example file, defaults, and every error naming its key.
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listener]]
+bind = "127.0.0.1:8443"
+cert = "server.pem"
+key = "server.key"
+upstream = "127.0.0.1:8080"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("/etc/certgate"))
+}
+
+fn err(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const FULL: &str = r#"
+[server]
+workers = 4
+pin_workers = false
+cert_cache_size = 16
+cert_cache_ttl = "90s"
+
+[timeouts]
+handshake = "3s"
+request_header = "500ms"
+keep_alive = "2m"
+upstream_connect = "1s"
+upstream_response = "45s"
+shutdown_grace = "0s"
+
+[limits]
+max_request_header_bytes = 8192
+max_headers = 64
+max_connections_per_worker = 500
+max_client_cert_chain = 3
+
+[[listener]]
+name = "public"
+bind = "0.0.0.0:8443"
+cert = "certs/server.pem"
+key = "/abs/server.key"
+client_certificate_mode = "require"
+client_ca = "clients-ca.pem"
+upstream = "127.0.0.1:8080"
+session_resumption = false
+
+[[listener]]
+bind = "[::1]:9443"
+cert = "b.pem"
+key = "b.key"
+client_certificate_mode = "accept"
+upstream = "localhost:9090"
+"#;
+
+#[test]
+fn full_file_parses_with_every_value() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(
+        c.server,
+        Server {
+            workers: 4,
+            pin_workers: false,
+            cert_cache_size: 16,
+            cert_cache_ttl: Duration::from_secs(90),
+        }
+    );
+    assert_eq!(
+        c.timeouts,
+        Timeouts {
+            handshake: Duration::from_secs(3),
+            request_header: Duration::from_millis(500),
+            keep_alive: Duration::from_secs(120),
+            upstream_connect: Duration::from_secs(1),
+            upstream_response: Duration::from_secs(45),
+            shutdown_grace: Duration::ZERO,
+        }
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_request_header_bytes: 8192,
+            max_headers: 64,
+            max_connections_per_worker: 500,
+            max_client_cert_chain: 3,
+        }
+    );
+    assert_eq!(c.worker_count(), 4);
+    let a = &c.listeners[0];
+    assert_eq!(a.name, "public");
+    assert_eq!(a.bind, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(a.cert, Path::new("/etc/certgate/certs/server.pem"));
+    assert_eq!(a.key, Path::new("/abs/server.key"));
+    assert_eq!(a.client_certificate_mode, ClientCertMode::Require);
+    assert_eq!(
+        a.client_ca.as_deref(),
+        Some(Path::new("/etc/certgate/clients-ca.pem"))
+    );
+    assert_eq!(a.upstream, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(a.upstream_authority, "127.0.0.1:8080");
+    assert!(!a.session_resumption);
+    let b = &c.listeners[1];
+    assert_eq!(b.name, "[::1]:9443");
+    assert_eq!(b.client_certificate_mode, ClientCertMode::Accept);
+    assert_eq!(b.client_ca, None);
+    assert_eq!(b.upstream.port(), 9090);
+    assert!(b.upstream.ip().is_loopback());
+    assert_eq!(b.upstream_authority, "localhost:9090");
+    assert!(b.session_resumption);
+}
+
+#[test]
+fn omitted_sections_take_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server, Server::default());
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.limits, Limits::default());
+    let l = &c.listeners[0];
+    assert_eq!(l.name, "127.0.0.1:8443");
+    assert_eq!(l.client_certificate_mode, ClientCertMode::Ignore);
+    assert!(l.session_resumption);
+    assert!(c.worker_count() >= 1);
+}
+
+#[test]
+fn shipped_example_parses() {
+    let c = parse(include_str!("../examples/certgate.toml")).unwrap();
+    assert!(!c.listeners.is_empty());
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.server, Server::default());
+}
+
+#[test]
+fn unknown_keys_are_named_on_one_line() {
+    for (text, key) in [
+        (format!("colour = \"blue\"\n{MINIMAL}"), "colour"),
+        (format!("[server]\nworkerz = 2\n{MINIMAL}"), "workerz"),
+        (format!("[limits]\nmax_body = 2\n{MINIMAL}"), "max_body"),
+        (format!("{MINIMAL}upstream_tls = true\n"), "upstream_tls"),
+    ] {
+        let e = err(&text);
+        assert!(e.contains(key), "{e}");
+        assert!(e.contains("line "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn bad_client_certificate_mode_lists_allowed_values() {
+    let text = MINIMAL.replace(
+        "upstream =",
+        "client_certificate_mode = \"optional\"\nupstream =",
+    );
+    let e = err(&text);
+    for word in ["optional", "require", "accept", "ignore"] {
+        assert!(e.contains(word), "{e}");
+    }
+}
+
+#[test]
+fn bare_number_duration_names_the_key() {
+    let e = err(&format!("[timeouts]\nhandshake = 10\n{MINIMAL}"));
+    assert!(e.contains("timeouts.handshake"), "{e}");
+    assert!(e.contains("unit"), "{e}");
+}
+
+#[test]
+fn malformed_duration_names_the_key_and_value() {
+    let e = err(&format!(
+        "[server]\ncert_cache_ttl = \"5 fortnights\"\n{MINIMAL}"
+    ));
+    assert!(e.contains("server.cert_cache_ttl"), "{e}");
+    assert!(e.contains("5 fortnights"), "{e}");
+}
+
+#[test]
+fn zero_timeout_is_rejected_but_zero_grace_is_allowed() {
+    let e = err(&format!("[timeouts]\nkeep_alive = \"0s\"\n{MINIMAL}"));
+    assert!(e.contains("timeouts.keep_alive"), "{e}");
+    assert!(parse(&format!("[timeouts]\nshutdown_grace = \"0s\"\n{MINIMAL}")).is_ok());
+}
+
+#[test]
+fn relative_paths_resolve_against_config_dir() {
+    let text = MINIMAL.replace("upstream =", "client_ca = \"ca/c.pem\"\nupstream =");
+    let c = Config::from_toml(&text, Path::new("/srv/conf")).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.cert, Path::new("/srv/conf/server.pem"));
+    assert_eq!(l.key, Path::new("/srv/conf/server.key"));
+    assert_eq!(
+        l.client_ca.as_deref(),
+        Some(Path::new("/srv/conf/ca/c.pem"))
+    );
+}
+
+#[test]
+fn duplicate_bind_is_rejected() {
+    let e = err(&format!("{MINIMAL}{MINIMAL}"));
+    assert!(e.contains("listener[1].bind"), "{e}");
+    assert!(e.contains("127.0.0.1:8443"), "{e}");
+}
+
+#[test]
+fn missing_listener_is_rejected() {
+    let e = err("[server]\nworkers = 1\n");
+    assert!(e.contains("listener"), "{e}");
+}
+
+#[test]
+fn bind_must_be_ip_and_port() {
+    let e = err(&MINIMAL.replace("127.0.0.1:8443", "localhost:8443"));
+    assert!(e.contains("listener[0].bind"), "{e}");
+    assert!(e.contains("localhost:8443"), "{e}");
+    assert!(err(&MINIMAL.replace("127.0.0.1:8443", "127.0.0.1")).contains("bind"));
+}
+
+#[test]
+fn unresolvable_upstream_names_listener_and_value() {
+    let text = MINIMAL
+        .replace("bind =", "name = \"api\"\nbind =")
+        .replace("127.0.0.1:8080", "no-port-here");
+    let e = err(&text);
+    assert!(e.contains("listener[0].upstream"), "{e}");
+    assert!(e.contains("api"), "{e}");
+    assert!(e.contains("no-port-here"), "{e}");
+}
+
+#[test]
+fn limits_out_of_range_are_rejected() {
+    for (line, key) in [
+        ("max_headers = 0", "limits.max_headers"),
+        ("max_headers = 129", "limits.max_headers"),
+        (
+            "max_request_header_bytes = 1023",
+            "limits.max_request_header_bytes",
+        ),
+        ("max_client_cert_chain = 0", "limits.max_client_cert_chain"),
+        (
+            "max_connections_per_worker = 0",
+            "limits.max_connections_per_worker",
+        ),
+    ] {
+        let e = err(&format!("[limits]\n{line}\n{MINIMAL}"));
+        assert!(e.contains(key), "{line}: {e}");
+    }
+    assert!(parse(&format!("[limits]\nmax_headers = 128\n{MINIMAL}")).is_ok());
+}
+
+#[test]
+fn too_many_workers_is_rejected() {
+    let e = err(&format!("[server]\nworkers = 1025\n{MINIMAL}"));
+    assert!(e.contains("server.workers"), "{e}");
+}
+
+#[test]
+fn load_names_missing_file() {
+    let path = Path::new("/nonexistent/certgate-test/certgate.toml");
+    let e = Config::load(path).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e
+        .to_string()
+        .contains("/nonexistent/certgate-test/certgate.toml"));
+}
+
+#[test]
+fn load_resolves_paths_against_file_dir_and_names_file_in_errors() {
+    let dir = std::env::temp_dir().join(format!("certgate-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("certgate.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.listeners[0].cert, dir.join("server.pem"));
+    std::fs::write(&path, format!("bogus = 1\n{MINIMAL}")).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("certgate.toml") && e.contains("bogus"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
