@@ -50,10 +50,6 @@ impl TlsConn {
         self.write_stall = Some(limit);
     }
 
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
-    }
-
     /// The client chain as presented (leaf first); restored from the ticket on resumption.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.tls.peer_certificates()

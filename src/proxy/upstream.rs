@@ -37,10 +37,6 @@ impl Pool {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Takes the most recently used idle connection that is still open.
     pub fn take(&self) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
@@ -78,10 +74,6 @@ impl Pool {
     /// Closes every idle connection (shutdown).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().len()
     }
 }
 
