@@ -10,7 +10,7 @@
 //!   (lowercase, `_` → `-`) to a name the proxy manages.
 #![no_main]
 
-use certgate::http::{parse_request, HttpError, Inject, Limits, Parse};
+use certgate::http::{parse_request, Inject, Limits, Parse};
 use libfuzzer_sys::fuzz_target;
 
 const CLIENT_ADDR: &[u8] = b"203.0.113.7";
