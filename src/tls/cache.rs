@@ -93,7 +93,7 @@ pub fn key(config: &CacheConfig, chain: &[&[u8]]) -> Key {
 }
 
 /// The earliest notAfter of the chain, in seconds since the epoch (None if unparsable).
-fn earliest_not_after(chain: &[&[u8]]) -> Option<u64> {
+fn earliest_not_after(chain: &[CertificateDer<'_>]) -> Option<u64> {
     chain
         .iter()
         .map(|der| {
@@ -139,22 +139,7 @@ pub fn insert_verified(
     chain: &[CertificateDer<'_>],
     now: UnixTime,
 ) {
-    let ders: Vec<&[u8]> = chain.iter().map(|c| c.as_ref()).collect();
-    let ttl_end = now.as_secs().saturating_add(config.ttl.as_secs());
-    let expires = earliest_not_after(&ders).map_or(ttl_end, |t| t.min(ttl_end));
-    let Some(header) = xfcc::header_line(chain) else {
-        return;
-    };
-    with_lru(config, |lru| {
-        lru.put(
-            key,
-            Entry {
-                expires,
-                verified: true,
-                header: header.into(),
-            },
-        );
-    });
+    remember(config, key, chain, now.as_secs(), true);
 }
 
 /// The `X-Forwarded-Client-Cert` line for a connection's chain: from the cache when this worker
@@ -171,18 +156,27 @@ pub fn header_for(config: &CacheConfig, chain: &[CertificateDer<'_>]) -> Option<
         _ => None,
     })
     .flatten();
-    if cached.is_some() {
-        return cached;
-    }
+    cached.or_else(|| remember(config, key, chain, now, false))
+}
+
+/// Builds the chain's header bytes and keeps them until the earliest notAfter of the chain or
+/// the TTL, whichever comes first. Returns the bytes even when the cache is disabled.
+fn remember(
+    config: &CacheConfig,
+    key: Key,
+    chain: &[CertificateDer<'_>],
+    now: u64,
+    verified: bool,
+) -> Option<Rc<[u8]>> {
     let header: Rc<[u8]> = xfcc::header_line(chain)?.into();
     let ttl_end = now.saturating_add(config.ttl.as_secs());
-    let expires = earliest_not_after(&ders).map_or(ttl_end, |t| t.min(ttl_end));
+    let expires = earliest_not_after(chain).map_or(ttl_end, |t| t.min(ttl_end));
     with_lru(config, |lru| {
         lru.put(
             key,
             Entry {
                 expires,
-                verified: false,
+                verified,
                 header: header.clone(),
             },
         );
