@@ -216,6 +216,25 @@ impl Fields {
         }
     }
 
+    /// Records a header httparse found in `buf` (name and trimmed value as offsets, its kind
+    /// from `classify`) and returns the kind and the value.
+    pub(crate) fn record<'b>(
+        &mut self,
+        buf: &'b [u8],
+        header: &httparse::Header<'_>,
+        classify: fn(&[u8]) -> u8,
+    ) -> (u8, &'b [u8]) {
+        let name = header.name.as_bytes();
+        let kind = classify(name);
+        let value = Span::of(buf, header.value).trimmed(buf);
+        self.push(Field {
+            name: Span::of(buf, name),
+            value,
+            kind,
+        });
+        (kind, value.get(buf))
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Field> {
         self.items[..self.len].iter()
     }

@@ -4,7 +4,7 @@
 
 use super::{
     connection_may_remove, crlf_only, list_items, listed_in_connection, merge_content_length,
-    norm_eq, push_decimal, te_shape, Field, Fields, HttpError, Parse, Span, TeShape, MAX_HEADERS,
+    norm_eq, push_decimal, te_shape, Fields, HttpError, Parse, Span, TeShape, MAX_HEADERS,
 };
 
 /// Parser limits for a head.
@@ -305,15 +305,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, 
     let mut expect_continue = false;
 
     for h in req.headers.iter() {
-        let name_bytes = h.name.as_bytes();
-        let kind = classify(name_bytes);
-        let value = Span::of(buf, h.value).trimmed(buf);
-        fields.push(Field {
-            name: Span::of(buf, name_bytes),
-            value,
-            kind,
-        });
-        let v = value.get(buf);
+        let (kind, v) = fields.record(buf, h, classify);
         match kind {
             HOST => hosts += 1,
             CONTENT_LENGTH => {

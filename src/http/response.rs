@@ -4,7 +4,7 @@
 
 use super::{
     connection_may_remove, crlf_only, list_items, listed_in_connection, merge_content_length,
-    push_decimal, te_shape, Field, Fields, HttpError, Limits, Parse, Span, TeShape, MAX_HEADERS,
+    push_decimal, te_shape, Fields, HttpError, Limits, Parse, Span, TeShape, MAX_HEADERS,
 };
 
 /// How the response body is framed.
@@ -223,15 +223,7 @@ pub fn parse_response(
     let mut close = false;
     let mut connection_lists_names = false;
     for h in resp.headers.iter() {
-        let name_bytes = h.name.as_bytes();
-        let kind = classify(name_bytes);
-        let value = Span::of(buf, h.value).trimmed(buf);
-        fields.push(Field {
-            name: Span::of(buf, name_bytes),
-            value,
-            kind,
-        });
-        let v = value.get(buf);
+        let (kind, v) = fields.record(buf, h, classify);
         match kind {
             CONTENT_LENGTH => merge_content_length(v, &mut content_length)
                 .map_err(|_| HttpError::UpstreamBadFraming)?,
