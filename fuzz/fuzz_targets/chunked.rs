@@ -51,7 +51,11 @@ fn run(input: &[u8], sizes: &[usize], max_trailer: usize) -> Outcome {
         };
         assert!(step.consumed <= window.len(), "consumed past the input");
         if let Some(r) = &step.data {
-            assert!(r.end <= step.consumed && r.start <= r.end, "data range {r:?} outside consumed {}", step.consumed);
+            assert!(
+                r.end <= step.consumed && r.start <= r.end,
+                "data range {r:?} outside consumed {}",
+                step.consumed
+            );
             assert!(!r.is_empty(), "empty data range");
             out.data.extend_from_slice(&window[r.clone()]);
             out.pieces.push(window[r.clone()].to_vec());
@@ -61,7 +65,9 @@ fn run(input: &[u8], sizes: &[usize], max_trailer: usize) -> Outcome {
         if step.done {
             out.done = true;
             // Done is sticky and consumes nothing more.
-            let again = dec.decode(&input[out.consumed..]).expect("decode after done");
+            let again = dec
+                .decode(&input[out.consumed..])
+                .expect("decode after done");
             assert_eq!((again.consumed, again.data, again.done), (0, None, true));
             break;
         }
@@ -79,10 +85,14 @@ fn run(input: &[u8], sizes: &[usize], max_trailer: usize) -> Outcome {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&n, rest)) = data.split_first() else { return };
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
     let n = usize::from(n % 8).min(rest.len());
     let (size_bytes, rest) = rest.split_at(n);
-    let Some((&trailer_sel, body)) = rest.split_first() else { return };
+    let Some((&trailer_sel, body)) = rest.split_first() else {
+        return;
+    };
     let mut sizes: Vec<usize> = size_bytes.iter().map(|b| usize::from(b % 32) + 1).collect();
     if sizes.is_empty() {
         sizes.push(1);
@@ -95,7 +105,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole.data, split.data, "data differs by split {sizes:?}");
     assert_eq!(whole.done, split.done, "done differs by split {sizes:?}");
     if whole.error.is_none() {
-        assert_eq!(whole.consumed, split.consumed, "consumed differs by split {sizes:?}");
+        assert_eq!(
+            whole.consumed, split.consumed,
+            "consumed differs by split {sizes:?}"
+        );
     }
     if whole.error.is_some() {
         assert!(!whole.done);
@@ -119,6 +132,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.error, None, "re-encoded body rejected");
         assert!(again.done, "re-encoded body not done");
         assert_eq!(again.consumed, enc.len());
-        assert_eq!(again.data, whole.data, "re-encoded body decodes differently");
+        assert_eq!(
+            again.data, whole.data,
+            "re-encoded body decodes differently"
+        );
     }
 });

@@ -13,6 +13,8 @@
 use certgate::http::{parse_request, Inject, Limits, Parse};
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
 const CLIENT_ADDR: &[u8] = b"203.0.113.7";
 const XFCC_LINE: &[u8] = b"X-Forwarded-Client-Cert: Hash=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef;Cert=\"-----BEGIN%20CERTIFICATE-----%0AMIIB%2Fz%3D%3D%0A-----END%20CERTIFICATE-----%0A\";Chain=\"-----BEGIN%20CERTIFICATE-----%0AMIIB%2Fz%3D%3D%0A-----END%20CERTIFICATE-----%0A\"\r\n";
 
@@ -36,30 +38,28 @@ const MANAGED: [&[u8]; 13] = [
 
 fn normalized(name: &[u8]) -> Vec<u8> {
     name.iter()
-        .map(|b| if *b == b'_' { b'-' } else { b.to_ascii_lowercase() })
+        .map(|b| {
+            if *b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            }
+        })
         .collect()
 }
 
-/// Header lines of a well-formed head (split naively on CRLF, independent of httparse):
-/// `(name, whole line without CRLF)`.
-fn header_lines(head: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let mut lines = Vec::new();
-    let mut rest = head;
-    let mut first = true;
-    while let Some(pos) = rest.windows(2).position(|w| w == b"\r\n") {
-        let line = &rest[..pos];
-        rest = &rest[pos + 2..];
-        if first {
-            first = false;
-            continue;
-        }
-        if line.is_empty() {
-            break;
-        }
-        let colon = line.iter().position(|b| *b == b':').expect("header line without colon");
-        lines.push((&line[..colon], line));
-    }
-    lines
+/// `(name, whole line)` for each header line of a well-formed head.
+fn named_lines(head: &[u8]) -> Vec<(&[u8], &[u8])> {
+    common::header_lines(head)
+        .into_iter()
+        .map(|line| {
+            let colon = line
+                .iter()
+                .position(|b| *b == b':')
+                .expect("header line without colon");
+            (&line[..colon], line)
+        })
+        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -97,11 +97,18 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut out = Vec::new();
         head.write_upstream(data, &inject, &mut out);
-        assert!(out.ends_with(b"\r\n\r\n"), "upstream head not CRLF CRLF terminated");
+        assert!(
+            out.ends_with(b"\r\n\r\n"),
+            "upstream head not CRLF CRLF terminated"
+        );
 
         match parse_request(&out, &relaxed) {
             Ok(Parse::Complete(up)) => {
-                assert_eq!(up.head_len(), out.len(), "trailing bytes after the upstream head");
+                assert_eq!(
+                    up.head_len(),
+                    out.len(),
+                    "trailing bytes after the upstream head"
+                );
                 assert_eq!(up.method(&out), head.method(data));
                 assert_eq!(up.target(&out), head.target(data));
                 assert_eq!(up.body(), head.body(), "body framing changed");
@@ -116,7 +123,7 @@ fuzz_target!(|data: &[u8]| {
             ),
         }
 
-        let lines = header_lines(&out);
+        let lines = named_lines(&out);
         let mut xfcc_seen = 0;
         let mut xff_seen = 0;
         let mut proto_seen = 0;
@@ -133,11 +140,18 @@ fuzz_target!(|data: &[u8]| {
                 b"x-forwarded-client-cert" => {
                     xfcc_seen += 1;
                     let with_crlf = [*line, &b"\r\n"[..]].concat();
-                    assert_eq!(Some(&with_crlf[..]), xfcc, "X-Forwarded-Client-Cert not ours");
+                    assert_eq!(
+                        Some(&with_crlf[..]),
+                        xfcc,
+                        "X-Forwarded-Client-Cert not ours"
+                    );
                 }
                 b"x-forwarded-for" => {
                     xff_seen += 1;
-                    assert!(line.ends_with(CLIENT_ADDR), "XFF does not end in the client address");
+                    assert!(
+                        line.ends_with(CLIENT_ADDR),
+                        "XFF does not end in the client address"
+                    );
                 }
                 b"x-forwarded-proto" => {
                     proto_seen += 1;
@@ -151,7 +165,11 @@ fuzz_target!(|data: &[u8]| {
                 _ => {}
             }
         }
-        assert_eq!(xfcc_seen, usize::from(xfcc.is_some()), "X-Forwarded-Client-Cert count");
+        assert_eq!(
+            xfcc_seen,
+            usize::from(xfcc.is_some()),
+            "X-Forwarded-Client-Cert count"
+        );
         assert_eq!(xff_seen, 1, "X-Forwarded-For count");
         assert_eq!(proto_seen, 1, "X-Forwarded-Proto count");
     }

@@ -13,27 +13,12 @@
 use certgate::http::{parse_response, Limits, Parse, ResponseBody};
 use libfuzzer_sys::fuzz_target;
 
-fn header_lines(head: &[u8]) -> Vec<&[u8]> {
-    let mut lines = Vec::new();
-    let mut rest = head;
-    let mut first = true;
-    while let Some(pos) = rest.windows(2).position(|w| w == b"\r\n") {
-        let line = &rest[..pos];
-        rest = &rest[pos + 2..];
-        if first {
-            first = false;
-            continue;
-        }
-        if line.is_empty() {
-            break;
-        }
-        lines.push(line);
-    }
-    lines
-}
+mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, buf)) = data.split_first() else { return };
+    let Some((&sel, buf)) = data.split_first() else {
+        return;
+    };
     let was_head = sel & 1 == 1;
     let limits = Limits::default();
     let head = match parse_response(buf, was_head, &limits) {
@@ -58,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
         max_head_bytes: usize::MAX,
         max_headers: usize::MAX,
     };
-    for (client_keep_alive, client_http10) in [(true, false), (false, false), (true, true), (false, true)] {
+    for (client_keep_alive, client_http10) in
+        [(true, false), (false, false), (true, true), (false, true)]
+    {
         let mut out = Vec::new();
         head.write_client(buf, client_keep_alive, client_http10, &mut out);
         assert!(out.ends_with(b"\r\n\r\n"));
@@ -75,11 +62,15 @@ fuzz_target!(|data: &[u8]| {
             (ResponseBody::Chunked, true) => &ResponseBody::UntilClose,
             (b, _) => b,
         };
-        assert_eq!(again.body(), expected_body, "body framing changed (http10 client: {client_http10})");
+        assert_eq!(
+            again.body(),
+            expected_body,
+            "body framing changed (http10 client: {client_http10})"
+        );
 
         let mut lengths = 0;
         let mut connections = 0;
-        for line in header_lines(&out) {
+        for line in common::header_lines(&out) {
             let colon = line.iter().position(|b| *b == b':').expect("no colon");
             let name = line[..colon].to_ascii_lowercase();
             match name.as_slice() {

@@ -79,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
     // One header field: no CR/LF except the final CRLF, and nothing but visible ASCII in the
     // value (no SP either: it is escaped, so no OWS trimming can alter the value).
     let body = &line[..line.len() - 2];
-    assert!(!body.contains(&b'\r') && !body.contains(&b'\n'), "raw CR/LF inside the line");
+    assert!(
+        !body.contains(&b'\r') && !body.contains(&b'\n'),
+        "raw CR/LF inside the line"
+    );
     assert!(
         value.iter().all(|b| (0x21..=0x7e).contains(b)),
         "non-visible byte in the value"
