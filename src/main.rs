@@ -55,48 +55,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn need_config(config: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
-    config.ok_or_else(|| {
-        eprintln!("certgate: --config FILE is required (or try `certgate demo`)");
-        ExitCode::from(EXIT_CONFIG)
-    })
+/// Prints a startup failure as one line and gives the exit status for it.
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("certgate: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Loads `--config` and every file it names, or says why not.
+fn load(config: Option<PathBuf>) -> Result<(PathBuf, certgate::app::Prepared), ExitCode> {
+    let path = config.ok_or_else(|| fail("--config FILE is required (or try `certgate demo`)"))?;
+    let prepared = certgate::app::load(&path).map_err(fail)?;
+    Ok((path, prepared))
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
-    let path = match need_config(config) {
-        Ok(p) => p,
+    let (path, prepared) = match load(config) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    match certgate::app::load(&path) {
-        Ok(prepared) => {
-            println!(
-                "{}: OK, {} worker(s)",
-                path.display(),
-                prepared.config.worker_count()
-            );
-            for line in &prepared.summaries {
-                println!("  {line}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("certgate: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
+    println!(
+        "{}: OK, {} worker(s)",
+        path.display(),
+        prepared.config.worker_count()
+    );
+    for line in &prepared.summaries {
+        println!("  {line}");
     }
+    ExitCode::SUCCESS
 }
 
 fn run(config: Option<PathBuf>) -> ExitCode {
-    let path = match need_config(config) {
-        Ok(p) => p,
+    let (_, prepared) = match load(config) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
-    };
-    let prepared = match certgate::app::load(&path) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("certgate: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
     };
     for line in &prepared.summaries {
         tracing::info!("{line}");
@@ -105,10 +96,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     let signals = Signals::install();
     let server = match certgate::app::start(prepared) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("certgate: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return fail(e),
     };
     signals.wait();
     tracing::info!("shutting down: draining in-flight requests");
@@ -129,10 +117,7 @@ fn demo(bind: std::net::SocketAddr) -> ExitCode {
             let _ = std::fs::remove_dir_all(&dir);
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("certgate demo: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
+        Err(e) => fail(format_args!("demo: {e}")),
     }
 }
 
