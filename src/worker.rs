@@ -395,9 +395,15 @@ async fn worker_loop(
     debug!(worker = settings.index, "worker running");
 
     // Wait for the stop signal: any byte or EOF on our end of the socket pair.
-    if let Ok(stop) = UnixStream::from_std(stop) {
-        let mut stop = stop;
-        let _ = stop.read(vec![0u8; 1]).await;
+    match UnixStream::from_std(stop) {
+        Ok(mut stop) => {
+            let _ = stop.read(vec![0u8; 1]).await;
+        }
+        // Without its stop signal the worker could never be stopped cleanly: stop it now.
+        Err(e) => warn!(
+            worker = settings.index,
+            "cannot watch the stop signal ({e}): stopping"
+        ),
     }
     shutdown.trigger();
     for ctx in &ctxs {
