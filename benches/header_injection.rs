@@ -52,6 +52,7 @@ fn injection(c: &mut Criterion) {
                 out.clear();
                 let inject = Inject {
                     client_addr: b"203.0.113.7",
+                    forwarded: b"for=203.0.113.7;proto=https",
                     xfcc_line: Some(&prebuilt),
                     upstream_host: b"app.internal:8080",
                 };
@@ -68,6 +69,7 @@ fn injection(c: &mut Criterion) {
                 out.clear();
                 let inject = Inject {
                     client_addr: b"203.0.113.7",
+                    forwarded: b"for=203.0.113.7;proto=https",
                     xfcc_line: Some(&prebuilt),
                     upstream_host: b"app.internal:8080",
                 };
@@ -90,6 +92,7 @@ fn injection(c: &mut Criterion) {
                     out.clear();
                     let inject = Inject {
                         client_addr: b"203.0.113.7",
+                        forwarded: b"for=203.0.113.7;proto=https",
                         xfcc_line: Some(&line),
                         upstream_host: b"app.internal:8080",
                     };

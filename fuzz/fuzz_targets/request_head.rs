@@ -16,11 +16,12 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 const CLIENT_ADDR: &[u8] = b"203.0.113.7";
+const FORWARDED: &[u8] = b"for=203.0.113.7;proto=https";
 const XFCC_LINE: &[u8] = b"X-Forwarded-Client-Cert: Hash=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef;Cert=\"-----BEGIN%20CERTIFICATE-----%0AMIIB%2Fz%3D%3D%0A-----END%20CERTIFICATE-----%0A\";Chain=\"-----BEGIN%20CERTIFICATE-----%0AMIIB%2Fz%3D%3D%0A-----END%20CERTIFICATE-----%0A\"\r\n";
 
 /// Names the proxy interprets or manages (lowercase, dash spelling): no client copy spelled
 /// with `_` may reach the upstream, and the proxy-owned ones only as the proxy writes them.
-const MANAGED: [&[u8]; 13] = [
+const MANAGED: [&[u8]; 15] = [
     b"host",
     b"content-length",
     b"transfer-encoding",
@@ -29,6 +30,8 @@ const MANAGED: [&[u8]; 13] = [
     b"x-forwarded-for",
     b"x-forwarded-proto",
     b"x-forwarded-client-cert",
+    b"forwarded",
+    b"x-real-ip",
     b"keep-alive",
     b"proxy-connection",
     b"te",
@@ -92,6 +95,7 @@ fuzz_target!(|data: &[u8]| {
     for xfcc in [Some(XFCC_LINE), None] {
         let inject = Inject {
             client_addr: CLIENT_ADDR,
+            forwarded: FORWARDED,
             xfcc_line: xfcc,
             upstream_host: b"app.internal:8080",
         };
@@ -127,6 +131,7 @@ fuzz_target!(|data: &[u8]| {
         let mut xfcc_seen = 0;
         let mut xff_seen = 0;
         let mut proto_seen = 0;
+        let mut forwarded_seen = 0;
         for (name, line) in &lines {
             let norm = normalized(name);
             if MANAGED.contains(&norm.as_slice()) {
@@ -153,6 +158,17 @@ fuzz_target!(|data: &[u8]| {
                         "XFF does not end in the client address"
                     );
                 }
+                b"forwarded" => {
+                    forwarded_seen += 1;
+                    assert!(
+                        line.ends_with(FORWARDED),
+                        "Forwarded does not end in our element"
+                    );
+                }
+                b"x-real-ip" => panic!(
+                    "client X-Real-IP forwarded: {:?}",
+                    String::from_utf8_lossy(line)
+                ),
                 b"x-forwarded-proto" => {
                     proto_seen += 1;
                     assert_eq!(*line, b"X-Forwarded-Proto: https");
@@ -172,5 +188,6 @@ fuzz_target!(|data: &[u8]| {
         );
         assert_eq!(xff_seen, 1, "X-Forwarded-For count");
         assert_eq!(proto_seen, 1, "X-Forwarded-Proto count");
+        assert_eq!(forwarded_seen, 1, "Forwarded count");
     }
 });

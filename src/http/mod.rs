@@ -23,10 +23,12 @@
 //!   upstream stacks (CGI-style environments) fold `_` and `-` together and would otherwise
 //!   see a framing or identity header the proxy never checked.
 
+pub mod body;
 pub mod chunked;
 pub mod request;
 pub mod response;
 
+pub use body::{Advance, BodyFramer, Truncated};
 pub use chunked::{ChunkError, ChunkedDecoder, Step};
 pub use request::{parse_request, Inject, Limits, RequestBody, RequestHead};
 pub use response::{parse_response, ResponseBody, ResponseHead};
@@ -144,10 +146,13 @@ pub fn error_response(status: u16) -> &'static [u8] {
 // Shared internals: header records as offsets into the caller's buffer.
 // ---------------------------------------------------------------------------------------------
 
-/// Upper bound on header fields per head. The parse uses a stack array of this many
-/// `httparse::Header`s and `Limits::max_headers` is clamped to it, so no request ever
-/// allocates for its header table.
+/// The ceiling on header fields per head, the one constant for it: the parse uses a stack
+/// array of this many `httparse::Header`s and `Limits::max_headers` is clamped to it.
 pub const MAX_HEADERS: usize = 128;
+
+/// Header records kept inline in a parsed head; more spill to the heap. Heads move with every
+/// exchange, so they stay small (16 × 20 bytes) for the common case of a dozen fields.
+const INLINE_FIELDS: usize = 16;
 
 /// A byte range of the caller's buffer. `u32` keeps the per-header record small; heads are
 /// limited far below 4 GiB (`Limits::max_head_bytes` is clamped to `u32::MAX`).
@@ -193,27 +198,14 @@ pub(crate) struct Field {
     pub(crate) kind: u8,
 }
 
-/// Bounded inline header table (no heap).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fields {
-    pub(crate) len: usize,
-    pub(crate) items: [Field; MAX_HEADERS],
-}
+/// The header table of a parsed head (at most [`MAX_HEADERS`], since httparse never yields
+/// more).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub(crate) struct Fields(smallvec::SmallVec<[Field; INLINE_FIELDS]>);
 
 impl Fields {
     pub(crate) fn new() -> Self {
-        Fields {
-            len: 0,
-            items: [Field::default(); MAX_HEADERS],
-        }
-    }
-
-    pub(crate) fn push(&mut self, f: Field) {
-        // httparse never yields more than MAX_HEADERS fields, so this cannot drop anything.
-        if let Some(slot) = self.items.get_mut(self.len) {
-            *slot = f;
-            self.len += 1;
-        }
+        Fields::default()
     }
 
     /// Records a header httparse found in `buf` (name and trimmed value as offsets, its kind
@@ -227,7 +219,7 @@ impl Fields {
         let name = header.name.as_bytes();
         let kind = classify(name);
         let value = Span::of(buf, header.value).trimmed(buf);
-        self.push(Field {
+        self.0.push(Field {
             name: Span::of(buf, name),
             value,
             kind,
@@ -236,7 +228,7 @@ impl Fields {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Field> {
-        self.items[..self.len].iter()
+        self.0.iter()
     }
 }
 

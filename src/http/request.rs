@@ -38,6 +38,9 @@ pub enum RequestBody {
 pub struct Inject<'a> {
     /// Client IP as text, e.g. `b"203.0.113.7"` (IPv6 without brackets).
     pub client_addr: &'a [u8],
+    /// The proxy's own RFC 7239 `Forwarded` element, e.g. `b"for=203.0.113.7;proto=https"`
+    /// (see [`forwarded_element`]), formatted once per connection.
+    pub forwarded: &'a [u8],
     /// A complete prebuilt `X-Forwarded-Client-Cert: ...\r\n` line, inserted verbatim.
     pub xfcc_line: Option<&'a [u8]>,
     /// `Host` for an HTTP/1.0 request that carried none: the upstream request is HTTP/1.1,
@@ -53,21 +56,25 @@ const TRANSFER_ENCODING: u8 = 3;
 const CONNECTION: u8 = 4;
 const EXPECT: u8 = 5;
 const X_FORWARDED_FOR: u8 = 6;
+const FORWARDED: u8 = 8;
 /// Never forwarded: hop-by-hop, proxy-managed, or an underscore spelling of a name we manage.
 const DROP: u8 = 7;
 
 /// Names the proxy interprets or manages, lowercase dash spelling.
-const KNOWN: [(&[u8], u8); 13] = [
+const KNOWN: [(&[u8], u8); 15] = [
     (b"host", HOST),
     (b"content-length", CONTENT_LENGTH),
     (b"transfer-encoding", TRANSFER_ENCODING),
     (b"connection", CONNECTION),
     (b"expect", EXPECT),
     (b"x-forwarded-for", X_FORWARDED_FOR),
+    (b"forwarded", FORWARDED),
     // Why: the proxy is the only authority for these; a client copy would let it pose as a
     // different client certificate or scheme to the upstream.
     (b"x-forwarded-proto", DROP),
     (b"x-forwarded-client-cert", DROP),
+    // A client-chosen "real IP" that frameworks would believe as readily as the peer address.
+    (b"x-real-ip", DROP),
     // Hop-by-hop (RFC 9110 §7.6.1) besides Connection / Transfer-Encoding handled above.
     (b"keep-alive", DROP),
     (b"proxy-connection", DROP),
@@ -166,8 +173,9 @@ impl RequestHead {
         // plus the fixed proxy lines, the client address and the XFCC line.
         out.reserve(
             self.head_len
-                + 104
-                + inject.client_addr.len()
+                + 120
+                + 2 * inject.client_addr.len()
+                + inject.forwarded.len()
                 + inject.upstream_host.len()
                 + inject.xfcc_line.map_or(0, <[u8]>::len),
         );
@@ -204,7 +212,7 @@ impl RequestHead {
                     }
                 }
                 // TRANSFER_ENCODING, CONNECTION, EXPECT, DROP: never forwarded;
-                // X_FORWARDED_FOR: merged into the proxy's line below.
+                // X_FORWARDED_FOR, FORWARDED: merged into the proxy's lines below.
                 _ => {}
             }
         }
@@ -223,11 +231,31 @@ impl RequestHead {
             }
         }
         out.extend_from_slice(inject.client_addr);
+        // RFC 7239 §4: the proxy appends its element to the list the client sent (the app
+        // decides how many hops it trusts, as with X-Forwarded-For).
+        out.extend_from_slice(b"\r\nForwarded: ");
+        for f in self.fields.iter().filter(|f| f.kind == FORWARDED) {
+            let value = f.value.get(buf);
+            if !value.is_empty() {
+                out.extend_from_slice(value);
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(inject.forwarded);
         out.extend_from_slice(b"\r\nX-Forwarded-Proto: https\r\n");
         if let Some(line) = inject.xfcc_line {
             out.extend_from_slice(line);
         }
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The proxy's `Forwarded` element for a client at `ip` (RFC 7239 §6: an IPv6 address is
+/// bracketed and, since `[`, `:` are not token characters, quoted).
+pub fn forwarded_element(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => format!("for={v4};proto=https").into_bytes(),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=https").into_bytes(),
     }
 }
 

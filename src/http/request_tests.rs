@@ -31,6 +31,7 @@ fn upstream_with(bytes: &[u8], xfcc: Option<&[u8]>) -> String {
         bytes,
         &Inject {
             client_addr: b"203.0.113.7",
+            forwarded: b"for=203.0.113.7;proto=https",
             xfcc_line: xfcc,
             upstream_host: b"app.internal:8080",
         },
@@ -300,6 +301,7 @@ fn accepts_htab_and_obs_text_in_value() {
     let mut out = Vec::new();
     let inject = Inject {
         client_addr: b"1.2.3.4",
+        forwarded: b"for=1.2.3.4;proto=https",
         xfcc_line: None,
         upstream_host: b"app.internal:8080",
     };
@@ -563,7 +565,7 @@ fn http10_keep_alive_only_when_asked() {
 fn writes_minimal_upstream_head() {
     assert_eq!(
         upstream(b"GET /p HTTP/1.1\r\nHost: example.com\r\n\r\n"),
-        "GET /p HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\n"
+        "GET /p HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 203.0.113.7\r\nForwarded: for=203.0.113.7;proto=https\r\nX-Forwarded-Proto: https\r\n\r\n"
     );
 }
 
@@ -651,7 +653,7 @@ fn appends_client_addr_to_x_forwarded_for() {
 #[test]
 fn drops_underscore_x_forwarded_for() {
     let up = upstream(b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n");
-    assert!(!up.contains("6.6.6.6"), "{up}");
+    assert!(!up.contains("6.6.6.6") && !up.contains("7.7.7.7"), "{up}");
     assert!(up.contains("X-Forwarded-For: 203.0.113.7\r\n"));
 }
 
@@ -666,7 +668,7 @@ fn drops_hop_by_hop_headers() {
     let up = upstream(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers\r\nTrailer: X\r\nUpgrade: websocket\r\nStay: 1\r\n\r\n");
     assert_eq!(
         up,
-        "GET / HTTP/1.1\r\nHost: a\r\nStay: 1\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: a\r\nStay: 1\r\nX-Forwarded-For: 203.0.113.7\r\nForwarded: for=203.0.113.7;proto=https\r\nX-Forwarded-Proto: https\r\n\r\n"
     );
 }
 
@@ -706,7 +708,7 @@ fn upstream_head_order_is_fixed() {
     );
     assert_eq!(
         up,
-        "POST /u HTTP/1.1\r\nHost: h\r\nA: 1\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Client-Cert: By=x\r\n\r\n"
+        "POST /u HTTP/1.1\r\nHost: h\r\nA: 1\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 203.0.113.7\r\nForwarded: for=203.0.113.7;proto=https\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Client-Cert: By=x\r\n\r\n"
     );
 }
 
@@ -717,12 +719,13 @@ fn write_upstream_appends_without_clearing() {
     let mut out = b"prefix".to_vec();
     let inject = Inject {
         client_addr: b"::1",
+        forwarded: b"for=\"[::1]\";proto=https",
         xfcc_line: None,
         upstream_host: b"app.internal:8080",
     };
     head.write_upstream(req, &inject, &mut out);
     assert!(out.starts_with(b"prefixGET / HTTP/1.1\r\n"));
-    assert!(out.ends_with(b"X-Forwarded-For: ::1\r\nX-Forwarded-Proto: https\r\n\r\n"));
+    assert!(out.ends_with(b"X-Forwarded-For: ::1\r\nForwarded: for=\"[::1]\";proto=https\r\nX-Forwarded-Proto: https\r\n\r\n"));
 }
 
 #[test]
@@ -733,4 +736,61 @@ fn upstream_head_reparses_cleanly() {
     let h = ok(up.as_bytes());
     assert_eq!(*h.body(), RequestBody::Length(4));
     assert_eq!(h.head_len(), up.len());
+}
+
+// ----- Forwarded / X-Real-IP ----------------------------------------------------------------
+
+#[test]
+fn client_forwarded_is_merged_and_ours_appended() {
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=1.1.1.1\r\nforwarded: for=2.2.2.2;by=x\r\n\r\n";
+    let up = upstream(req);
+    assert_eq!(
+        header_count(&up, "forwarded"),
+        1,
+        "exactly one Forwarded line: {up}"
+    );
+    assert!(
+        up.contains(
+            "\r\nForwarded: for=1.1.1.1, for=2.2.2.2;by=x, for=203.0.113.7;proto=https\r\n"
+        ),
+        "{up}"
+    );
+}
+
+#[test]
+fn x_real_ip_is_dropped_in_every_spelling() {
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\nX-Real-IP: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\nX-REAL-IP: 7.7.7.7\r\n\r\n";
+    let up = upstream(req);
+    assert!(!up.to_ascii_lowercase().contains("real"), "{up}");
+    assert!(!up.contains("6.6.6.6") && !up.contains("7.7.7.7"), "{up}");
+    assert!(
+        up.contains("\r\nForwarded: for=203.0.113.7;proto=https\r\n"),
+        "{up}"
+    );
+}
+
+#[test]
+fn forwarded_element_quotes_ipv6() {
+    assert_eq!(
+        forwarded_element("203.0.113.7".parse().unwrap()),
+        b"for=203.0.113.7;proto=https"
+    );
+    assert_eq!(
+        forwarded_element("2001:db8::1".parse().unwrap()),
+        b"for=\"[2001:db8::1]\";proto=https"
+    );
+    // An IPv4 client on a dual-stack socket is written as IPv4.
+    assert_eq!(
+        forwarded_element("::ffff:10.0.0.1".parse().unwrap()),
+        b"for=10.0.0.1;proto=https"
+    );
+}
+
+fn header_count(head: &str, name: &str) -> usize {
+    head.split("\r\n")
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .count()
 }

@@ -1,35 +1,60 @@
-//! Why an exchange failed, and the one function that decides what the client sees because of it.
+//! Why an exchange failed, split by the side at fault, and the one function that decides what
+//! the client sees because of it.
+//!
+//! The split matters beyond the message: a client's bad framing is a 400 and the client's
+//! problem, the app's bad framing is a 502 and the operator's; metrics and logs count them
+//! apart, and nobody has to guess from a variant name which side a parse error came from.
 
 use std::io;
 
-use crate::http::HttpError;
+use crate::http::{ChunkError, HttpError};
+
+/// The client broke the exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("client I/O: {0}")]
+    Io(io::Error),
+    #[error("client closed in the middle of a request")]
+    Aborted,
+    #[error("client sent no complete request head in time")]
+    HeadTimeout,
+    #[error("client stalled while sending the body")]
+    BodyTimeout,
+    #[error("bad request: {0}")]
+    BadHead(HttpError),
+    #[error("bad request body: {0}")]
+    BadBody(ChunkError),
+}
+
+/// The app (or the way to it) broke the exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream connect: {0}")]
+    Connect(io::Error),
+    #[error("upstream I/O: {0}")]
+    Io(io::Error),
+    #[error("upstream closed before sending a response")]
+    ClosedEarly,
+    #[error("upstream sent no response head in time")]
+    Timeout,
+    #[error("upstream stopped reading the request")]
+    WriteStalled,
+    #[error("upstream stalled in the middle of a response")]
+    BodyTimeout,
+    #[error("invalid upstream response: {0}")]
+    BadHead(HttpError),
+    #[error("invalid upstream response body: {0}")]
+    BadBody(ChunkError),
+    #[error("upstream closed in the middle of a response")]
+    Truncated,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("client I/O: {0}")]
-    ClientIo(io::Error),
-    #[error("client closed in the middle of a request")]
-    ClientAborted,
-    #[error("client sent no complete request head in time")]
-    ClientHeadTimeout,
-    #[error("client stalled while sending the body")]
-    ClientBodyTimeout,
-    #[error("bad request: {0}")]
-    BadRequest(HttpError),
-    #[error("upstream connect: {0}")]
-    UpstreamConnect(io::Error),
-    #[error("upstream I/O: {0}")]
-    UpstreamIo(io::Error),
-    #[error("upstream closed before sending a response")]
-    UpstreamClosedEarly,
-    #[error("upstream sent no response head in time")]
-    UpstreamTimeout,
-    #[error("upstream stalled in the middle of a response")]
-    UpstreamBodyTimeout,
-    #[error("invalid upstream response: {0}")]
-    BadResponse(HttpError),
-    #[error("upstream closed in the middle of a response")]
-    UpstreamTruncated,
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
 /// What the client gets when an exchange fails.
@@ -48,17 +73,23 @@ pub fn effect(err: &ProxyError, response_started: bool) -> Effect {
         return Effect::Close;
     }
     match err {
-        ProxyError::ClientIo(_) | ProxyError::ClientAborted | ProxyError::ClientBodyTimeout => {
-            Effect::Close
-        }
-        ProxyError::ClientHeadTimeout => Effect::Respond(408),
-        ProxyError::BadRequest(e) => Effect::Respond(e.status()),
-        ProxyError::UpstreamConnect(_)
-        | ProxyError::UpstreamIo(_)
-        | ProxyError::UpstreamClosedEarly
-        | ProxyError::BadResponse(_) => Effect::Respond(502),
-        ProxyError::UpstreamTimeout => Effect::Respond(504),
-        ProxyError::UpstreamBodyTimeout | ProxyError::UpstreamTruncated => Effect::Close,
+        ProxyError::Client(e) => match e {
+            ClientError::Io(_) | ClientError::Aborted | ClientError::BodyTimeout => Effect::Close,
+            ClientError::HeadTimeout => Effect::Respond(408),
+            ClientError::BadHead(e) => Effect::Respond(e.status()),
+            ClientError::BadBody(_) => Effect::Respond(400),
+        },
+        ProxyError::Upstream(e) => match e {
+            UpstreamError::Connect(_)
+            | UpstreamError::Io(_)
+            | UpstreamError::ClosedEarly
+            | UpstreamError::BadHead(_) => Effect::Respond(502),
+            UpstreamError::Timeout | UpstreamError::WriteStalled => Effect::Respond(504),
+            // Before the response started these cannot happen (they are body errors); a 502
+            // is still the truthful answer if they ever do.
+            UpstreamError::BadBody(_) => Effect::Respond(502),
+            UpstreamError::BodyTimeout | UpstreamError::Truncated => Effect::Close,
+        },
     }
 }
 
@@ -68,28 +99,37 @@ mod tests {
 
     #[test]
     fn started_response_is_never_followed_by_an_error_response() {
-        assert_eq!(effect(&ProxyError::UpstreamTimeout, true), Effect::Close);
-        assert_eq!(
-            effect(&ProxyError::UpstreamTimeout, false),
-            Effect::Respond(504)
-        );
+        let e = ProxyError::from(UpstreamError::Timeout);
+        assert_eq!(effect(&e, true), Effect::Close);
+        assert_eq!(effect(&e, false), Effect::Respond(504));
     }
 
     #[test]
     fn upstream_failures_before_the_response_are_502() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert_eq!(
-            effect(&ProxyError::UpstreamConnect(refused), false),
+            effect(&UpstreamError::Connect(refused).into(), false),
             Effect::Respond(502)
         );
         assert_eq!(
-            effect(&ProxyError::UpstreamClosedEarly, false),
+            effect(&UpstreamError::ClosedEarly.into(), false),
             Effect::Respond(502)
         );
     }
 
     #[test]
+    fn client_framing_errors_are_400_and_upstream_ones_502() {
+        let client = ProxyError::from(ClientError::BadBody(ChunkError::InvalidSize));
+        let upstream = ProxyError::from(UpstreamError::BadBody(ChunkError::InvalidSize));
+        assert_eq!(effect(&client, false), Effect::Respond(400));
+        assert_eq!(effect(&upstream, false), Effect::Respond(502));
+    }
+
+    #[test]
     fn truncated_upstream_response_closes_the_client() {
-        assert_eq!(effect(&ProxyError::UpstreamTruncated, false), Effect::Close);
+        assert_eq!(
+            effect(&UpstreamError::Truncated.into(), false),
+            Effect::Close
+        );
     }
 }

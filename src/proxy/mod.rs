@@ -21,6 +21,9 @@ use crate::worker::Shutdown;
 
 pub use tls_conn::TlsConn;
 
+/// How long a refused handshake may go on sending before its socket closes.
+const HANDSHAKE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What one worker knows about one listener. Built once per worker at startup; connections
 /// share it through an `Rc` (never crosses threads).
 pub struct ListenerCtx {
@@ -54,6 +57,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             debug!(listener = %ctx.name, %peer, "TLS handshake failed: {e}");
+            // The alert is sent; a client may still be writing the rest of its flight (a
+            // TLS 1.2 client writes Certificate, ClientKeyExchange, ChangeCipherSpec and
+            // Finished one by one). Closing now would answer those with a reset that destroys
+            // the alert before the client reads it, so it would report "broken pipe" instead
+            // of why it was refused.
+            tls.linger(HANDSHAKE_LINGER).await;
             return;
         }
         Err(_) => {

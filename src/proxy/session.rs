@@ -1,63 +1,150 @@
 //! The HTTP/1.1 exchange loop of one TLS connection: read a request head, forward it with the
 //! prebuilt identity headers, stream the body, relay the response, repeat.
 //!
-//! Requests are handled strictly in order (pipelined requests wait in `inbuf`), so a connection
-//! needs no locks and no second task. Every timeout here ends the connection it guards, so a
-//! cancelled read can never lose bytes of a connection that goes on.
+//! This loop moves bytes and asks the pure core what they mean: `http::request` and
+//! `http::response` parse and rewrite heads, [`BodyFramer`] frames bodies in both directions,
+//! and `error::effect` says what a failure looks like on the wire. It does no framing
+//! arithmetic of its own.
+//!
+//! Requests are handled strictly in order (pipelined requests wait in the client's input
+//! buffer), so a connection needs no locks and no second task. While a request body goes out,
+//! the app's answer is read at the same time: an app may refuse a body early (RFC 9112 §9.6),
+//! and its answer must reach the client rather than a 502 for the write it then breaks.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 use tracing::debug;
 
-use super::buffers::{self, Slot};
-use super::error::{effect, Effect, ProxyError};
+use super::buffers::{self, PooledBuf, Slot};
+use super::error::{effect, ClientError, Effect, ProxyError, UpstreamError};
 use super::tls_conn::TlsConn;
 use super::upstream::Upstream;
 use super::ListenerCtx;
-use crate::http::chunked::{self, ChunkedDecoder};
-use crate::http::request::{self, Inject, RequestBody, RequestHead};
-use crate::http::response::{self, ResponseBody, ResponseHead};
-use crate::http::{self, Parse};
+use crate::http::request::{self, Inject, RequestHead};
+use crate::http::response::{self, ResponseHead};
+use crate::http::{self, BodyFramer, Parse};
 use crate::tls::cache;
 
-/// Trailer bytes a chunked request may carry (they are read and dropped).
-const MAX_TRAILER_BYTES: usize = 8 * 1024;
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Body bytes already buffered with a head, up to this many, leave in the same write (request)
 /// or the same TLS record (response) as the head: one syscall or one seal instead of two.
 const COALESCE_MAX: usize = 4096;
 /// How long a connection that got an error response may keep sending before it is closed.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER: Duration = Duration::from_secs(2);
+/// After a write to the app failed, how long its answer may take to show up: an app that
+/// refuses a body answers and then closes, and the close breaks our write first.
+const EARLY_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Session {
-    tls: TlsConn,
+    client: Client,
     ctx: Rc<ListenerCtx>,
     /// Client address as written into X-Forwarded-For; formatted once per connection.
     client_addr: Vec<u8>,
+    /// Our `Forwarded` element (`for=…;proto=https`); formatted once per connection.
+    forwarded: Vec<u8>,
     /// The complete `X-Forwarded-Client-Cert` line, built once after the handshake.
     xfcc_line: Option<Rc<[u8]>>,
-    /// Decrypted client bytes; `start..` not yet consumed (pipelined requests wait here).
-    inbuf: Slot,
-    start: usize,
-    /// Bytes from the upstream.
-    upbuf: Slot,
-    /// Heads and re-encoded chunks on their way out.
-    out: Slot,
     /// Whether any byte of the current response reached the client.
     response_started: bool,
-    /// Whether the upstream sent any byte for the current attempt: it then took the request,
-    /// so a failure is not a stale pooled connection and must not be retried.
-    upstream_answered: bool,
+}
+
+/// The client side: its TLS stream and the decrypted bytes not yet consumed (pipelined
+/// requests wait here between exchanges).
+struct Client {
+    tls: TlsConn,
+    inbuf: Slot,
+    /// Start of the unconsumed part of `inbuf`.
+    start: usize,
 }
 
 enum Next {
     KeepAlive,
     Close,
+    /// The request body was not read to its end (the app answered early): the client may
+    /// still be sending it, so linger before closing, or it would see a reset, not the answer.
+    Abandon,
+}
+
+/// How one attempt to deliver the request went.
+struct Attempt {
+    result: Result<Answer, ProxyError>,
+    /// Whether the app sent any byte: it then took the request, and a failure is not a stale
+    /// pooled connection; the request must not be sent again.
+    answered: bool,
+    /// The request head (and coalesced body) for a retry: handed back by the write, and only
+    /// while no other byte of the request went out.
+    resend: Option<PooledBuf>,
+}
+
+struct Answer {
+    head: ResponseHead,
+    /// Bytes read from the app so far: the head, and maybe the start of the body.
+    upbuf: PooledBuf,
+    /// The app answered before the request body was all sent.
+    early: bool,
+}
+
+impl Client {
+    fn pending(&self) -> &[u8] {
+        self.inbuf.get_ref().get(self.start..).unwrap_or(&[])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    /// Drops consumed bytes so the buffer has room again.
+    fn compact(&mut self) {
+        let start = self.start;
+        let buf = self.inbuf.get();
+        if start >= buf.len() {
+            buf.clear();
+        } else if start > 0 {
+            buf.drain(..start);
+        }
+        self.start = 0;
+    }
+
+    /// Reads up to `max` more decrypted bytes into the buffer.
+    async fn read(&mut self, max: usize) -> std::io::Result<usize> {
+        self.compact();
+        let buf: &mut Vec<u8> = self.inbuf.get();
+        self.tls.read_plain(buf, max).await
+    }
+
+    /// Reads more of a request body, within the idle limit.
+    async fn read_body(&mut self, max: usize, limit: Duration) -> Result<(), ClientError> {
+        match monoio::time::timeout(limit, self.read(max)).await {
+            Ok(Ok(0)) => Err(ClientError::Aborted),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ClientError::Io(e)),
+            Err(_) => Err(ClientError::BodyTimeout),
+        }
+    }
+
+    /// Writes `inbuf[range]` (relative to the unconsumed part) to the app without copying it.
+    async fn forward<W: AsyncWriteRent>(
+        &mut self,
+        wr: &mut W,
+        range: std::ops::Range<usize>,
+        limit: Duration,
+    ) -> Result<(), UpstreamError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let (from, to) = (self.start + range.start, self.start + range.end);
+        self.inbuf
+            .lend(|buf| async move {
+                let (res, slice) = write_up(wr, buf.slice(from..to), limit).await;
+                (res, slice.map(|s| s.into_inner()))
+            })
+            .await
+    }
 }
 
 impl Session {
@@ -66,44 +153,47 @@ impl Session {
             .peer_certificates()
             .and_then(|chain| cache::header_for(&ctx.cache, chain));
         Self {
-            tls,
+            client: Client {
+                tls,
+                inbuf: Slot::default(),
+                start: 0,
+            },
             ctx,
             client_addr: peer.ip().to_canonical().to_string().into_bytes(),
+            forwarded: request::forwarded_element(peer.ip()),
             xfcc_line,
-            inbuf: Slot::default(),
-            start: 0,
-            upbuf: Slot::default(),
-            out: Slot::default(),
             response_started: false,
-            upstream_answered: false,
         }
     }
 
     /// Serves requests until the connection ends.
     ///
     /// Only the idle wait lives in this future's own state. Everything else (head parsing,
-    /// the exchange with its two parsed heads and relay futures, ~18 KiB) runs in a boxed
-    /// future per request: an unboxed await would make every connection carry that state
-    /// while idle too. One allocation per request buys an idle connection that small.
+    /// the exchange with its two parsed heads and relay futures) runs in a boxed future per
+    /// request: an unboxed await would make every connection carry that state while idle
+    /// too. One allocation per request buys an idle connection that small.
     pub async fn run(mut self) {
-        loop {
+        let end = loop {
             self.response_started = false;
-            if self.pending().is_empty()
-                && !self.tls.has_buffered_input()
+            if self.client.pending().is_empty()
+                && !self.client.tls.has_buffered_input()
                 && !self.wait_idle().await
             {
-                break;
+                break Next::Close;
             }
             match Box::pin(self.next_exchange()).await {
                 Ok(Next::KeepAlive) => continue,
-                Ok(Next::Close) => break,
+                Ok(end) => break end,
                 Err(e) => {
                     Box::pin(self.fail(e)).await;
                     return;
                 }
             }
+        };
+        match end {
+            Next::Abandon => Box::pin(self.client.tls.linger_close(LINGER)).await,
+            _ => Box::pin(self.client.tls.close()).await,
         }
-        Box::pin(self.tls.close()).await;
     }
 
     /// Reads the next request head and forwards the request.
@@ -119,8 +209,9 @@ impl Session {
         debug!(listener = %self.ctx.name, "exchange failed: {e}");
         match effect(&e, self.response_started) {
             Effect::Respond(status) => {
-                let _ = self.tls.write_plain(http::error_response(status)).await;
-                self.tls.linger_close(LINGER).await;
+                let tls = &mut self.client.tls;
+                let _ = tls.write_plain(http::error_response(status)).await;
+                tls.linger_close(LINGER).await;
             }
             // Truncated on purpose: no close_notify after a partial response.
             Effect::Close => {}
@@ -134,65 +225,46 @@ impl Session {
         if self.ctx.shutdown.is_set() {
             return false;
         }
-        self.compact();
-        self.inbuf.release_if_empty();
-        self.upbuf.release_if_empty();
-        self.out.release_if_empty();
-        self.tls.release_buffers();
+        self.client.compact();
+        self.client.inbuf.release_if_empty();
+        self.client.tls.release_buffers();
+        let tls = &self.client.tls;
+        let shutdown = &self.ctx.shutdown;
         let idle = monoio::time::timeout(self.ctx.timeouts.keep_alive, async {
             monoio::select! {
-                r = self.tls.readable() => r.is_ok(),
-                _ = self.ctx.shutdown.wait() => false,
+                r = tls.readable() => r.is_ok(),
+                _ = shutdown.wait() => false,
             }
         })
         .await;
         matches!(idle, Ok(true))
     }
 
-    fn pending(&self) -> &[u8] {
-        self.inbuf.get_ref().get(self.start..).unwrap_or(&[])
-    }
-
-    /// Drops consumed bytes so the buffer has room again.
-    fn compact(&mut self) {
-        let start = self.start;
-        let buf = self.inbuf.get();
-        if start >= buf.len() {
-            buf.clear();
-        } else if start > 0 {
-            buf.drain(..start);
-        }
-        self.start = 0;
-    }
-
     /// Reads until a complete request head is buffered, within `request_header` of the first
     /// read. `Ok(None)`: the client went away cleanly before sending a byte of it.
-    async fn read_head(&mut self) -> Result<Option<RequestHead>, ProxyError> {
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, ClientError> {
         let mut deadline: Option<Instant> = None;
         loop {
-            if !self.pending().is_empty() {
-                let limits = self.ctx.limits;
-                match request::parse_request(self.pending(), &limits) {
+            if !self.client.pending().is_empty() {
+                match request::parse_request(self.client.pending(), &self.ctx.limits) {
                     Ok(Parse::Complete(head)) => return Ok(Some(head)),
                     Ok(Parse::Partial) => {}
-                    Err(e) => return Err(ProxyError::BadRequest(e)),
+                    Err(e) => return Err(ClientError::BadHead(e)),
                 }
             }
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + self.ctx.timeouts.request_header);
-            self.compact();
             let max = self.ctx.limits.max_head_bytes + 1;
-            let read = self.tls.read_plain(self.inbuf.get(), max);
-            let n = match monoio::time::timeout_at(deadline, read).await {
-                Ok(r) => r.map_err(ProxyError::ClientIo)?,
-                Err(_) if self.pending().is_empty() => return Ok(None),
-                Err(_) => return Err(ProxyError::ClientHeadTimeout),
+            let n = match monoio::time::timeout_at(deadline, self.client.read(max)).await {
+                Ok(r) => r.map_err(ClientError::Io)?,
+                Err(_) if self.client.pending().is_empty() => return Ok(None),
+                Err(_) => return Err(ClientError::HeadTimeout),
             };
             if n == 0 {
-                return if self.pending().is_empty() {
+                return if self.client.pending().is_empty() {
                     Ok(None)
                 } else {
-                    Err(ProxyError::ClientAborted)
+                    Err(ClientError::Aborted)
                 };
             }
         }
@@ -200,88 +272,82 @@ impl Session {
 
     /// Forwards one request and relays its response.
     async fn exchange(&mut self, head: RequestHead) -> Result<Next, ProxyError> {
-        if head.expect_continue() && !matches!(head.body(), RequestBody::None) {
-            self.tls
-                .write_plain(CONTINUE_100)
+        let mut framer = BodyFramer::request(*head.body());
+        if head.expect_continue() && !framer.is_done() {
+            let tls = &mut self.client.tls;
+            tls.write_plain(CONTINUE_100)
                 .await
-                .map_err(ProxyError::ClientIo)?;
-            self.tls.flush().await.map_err(ProxyError::ClientIo)?;
+                .map_err(ClientError::Io)?;
+            tls.flush().await.map_err(ClientError::Io)?;
         }
-        let retryable;
-        {
-            let start = self.start;
-            // A pooled connection may have been closed by the app while idle; the request is
-            // then retried once on a fresh connection. Only when sending it again is possible
-            // (no body consumed from the client) and harmless: the app may have run it before
-            // closing, so only idempotent methods (RFC 9110 §9.2.2).
-            retryable = matches!(head.body(), RequestBody::None)
-                && is_idempotent(head.method(&self.inbuf.get_ref()[start..]));
+        let mut out = PooledBuf::take();
+        let idempotent = {
+            let buf = self.client.pending();
             let inject = Inject {
                 client_addr: &self.client_addr,
+                forwarded: &self.forwarded,
                 xfcc_line: self.xfcc_line.as_deref(),
                 upstream_host: &self.ctx.upstream_host,
             };
-            let out = self.out.get();
-            out.clear();
-            head.write_upstream(&self.inbuf.get_ref()[start..], &inject, out);
+            head.write_upstream(buf, &inject, &mut out);
+            is_idempotent(head.method(buf))
+        };
+        self.client.consume(head.head_len());
+        // The first body bytes already buffered ride with the head (a copy of at most 4 KiB
+        // saves a syscall).
+        if !framer.is_done() {
+            let pending = self.client.pending();
+            let first = &pending[..pending.len().min(COALESCE_MAX)];
+            let adv = framer
+                .advance(first, &mut out)
+                .map_err(ClientError::BadBody)?;
+            out.extend_from_slice(&first[adv.forward]);
+            self.client.consume(adv.consumed);
         }
-        self.start += head.head_len();
-        // A small body already buffered goes out with the head (a copy of at most 4 KiB saves
-        // a syscall); a body is never retried, so the head-with-body is never sent twice.
-        let mut body_sent = 0u64;
-        if let RequestBody::Length(len) = *head.body() {
-            let avail = (self.pending().len() as u64).min(len) as usize;
-            if avail <= COALESCE_MAX {
-                let start = self.start;
-                let inbuf = self.inbuf.get_ref();
-                self.out
-                    .get()
-                    .extend_from_slice(&inbuf[start..start + avail]);
-                self.start += avail;
-                body_sent = avail as u64;
-            }
-        }
-
         let mut up = self.acquire_upstream(false).await?;
-        let (mut up, resp) = loop {
-            let attempt = async {
-                self.send_head(&mut up).await?;
-                self.relay_request_body(&head, body_sent, &mut up.stream)
-                    .await?;
-                self.read_response_head(&head, &mut up.stream).await
-            }
-            .await;
-            match attempt {
-                Ok(resp) => break (up, resp),
-                // Also never after a response byte arrived: the app took the request (and a
-                // relayed 1xx has reused `out`, which no longer holds the request head).
-                Err(ProxyError::UpstreamIo(_) | ProxyError::UpstreamClosedEarly)
-                    if up.reused && retryable && !self.upstream_answered =>
-                {
+        let answer = loop {
+            let attempt = self.attempt(&head, &mut framer, &mut up, out).await;
+            match (attempt.result, attempt.resend) {
+                (Ok(answer), _) => break answer,
+                // A pooled connection may have been closed (FIN) or reset by the app while
+                // idle; the request then goes once more on a fresh connection. Only when that
+                // is possible (no request byte beyond `out` went out) and harmless: the app
+                // may have run it before closing, so only idempotent methods (RFC 9110 §9.2.2).
+                (
+                    Err(ProxyError::Upstream(UpstreamError::Io(_) | UpstreamError::ClosedEarly)),
+                    Some(again),
+                ) if up.reused && idempotent && !attempt.answered => {
+                    debug!(listener = %self.ctx.name, "pooled upstream connection was closed; retrying");
+                    out = again;
                     up = self.acquire_upstream(true).await?;
                 }
-                Err(e) => return Err(e),
+                (Err(e), _) => return Err(e),
             }
         };
 
-        let client_keep_alive = resp.client_can_keep_alive(
-            head.keep_alive() && !self.ctx.shutdown.is_set(),
-            head.is_http10(),
-        );
+        let body_finished = framer.is_done();
+        let early = answer.early;
+        let client_keep_alive = body_finished
+            && answer.head.client_can_keep_alive(
+                head.keep_alive() && !self.ctx.shutdown.is_set(),
+                head.is_http10(),
+            );
         let reusable = self
-            .relay_response(&head, &resp, client_keep_alive, &mut up.stream)
+            .relay_response(&head, answer, client_keep_alive, &mut up)
             .await?;
-        if reusable {
-            self.ctx.pool.put(up.stream);
+        if reusable && body_finished && !early {
+            self.ctx.pool.put(up);
         }
         Ok(if client_keep_alive {
             Next::KeepAlive
-        } else {
+        } else if body_finished {
             Next::Close
+        } else {
+            Next::Abandon
         })
     }
 
-    async fn acquire_upstream(&mut self, fresh: bool) -> Result<Upstream, ProxyError> {
+    async fn acquire_upstream(&mut self, fresh: bool) -> Result<Upstream, UpstreamError> {
         if !fresh {
             if let Some(up) = self.ctx.pool.take() {
                 return Ok(up);
@@ -291,182 +357,154 @@ impl Session {
             .pool
             .connect(self.ctx.timeouts.upstream_connect)
             .await
-            .map_err(ProxyError::UpstreamConnect)
+            .map_err(UpstreamError::Connect)
     }
 
-    /// Writes a whole buffer to the upstream. An app that stops reading for `upstream_response`
-    /// ends the exchange (504 unless the response already started); the buffer is then lost
-    /// with the exchange, and the slot it came from refills from the pool if ever needed.
-    async fn upstream_write<B: monoio::buf::IoBuf>(
-        &self,
-        up: &mut TcpStream,
-        buf: B,
-    ) -> Result<B, ProxyError> {
-        let limit = self.ctx.timeouts.upstream_response;
-        match monoio::time::timeout(limit, up.write_all(buf)).await {
-            Ok((Ok(_), buf)) => Ok(buf),
-            Ok((Err(e), _)) => Err(ProxyError::UpstreamIo(e)),
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-        }
-    }
-
-    async fn send_head(&mut self, up: &mut Upstream) -> Result<(), ProxyError> {
-        let out = self.out.take();
-        let out = self.upstream_write(&mut up.stream, out).await?;
-        self.out.put(out);
-        Ok(())
-    }
-
-    /// Writes `inbuf[from..to]` to the upstream without copying it.
-    async fn write_inbuf(
-        &mut self,
-        up: &mut TcpStream,
-        from: usize,
-        to: usize,
-    ) -> Result<(), ProxyError> {
-        let buf = self.inbuf.take();
-        let slice = monoio::buf::IoBuf::slice(buf, from..to);
-        let slice = self.upstream_write(up, slice).await?;
-        self.inbuf.put(slice.into_inner());
-        Ok(())
-    }
-
-    /// Reads more of the request body from the client (at most `max` bytes).
-    async fn read_body_bytes(&mut self, max: usize) -> Result<(), ProxyError> {
-        self.compact();
-        let read = self.tls.read_plain(self.inbuf.get(), max);
-        match monoio::time::timeout(self.ctx.timeouts.keep_alive, read).await {
-            Ok(Ok(0)) => Err(ProxyError::ClientAborted),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ProxyError::ClientIo(e)),
-            Err(_) => Err(ProxyError::ClientBodyTimeout),
-        }
-    }
-
-    /// Streams the request body to the upstream; `already` bytes of it went with the head.
-    async fn relay_request_body(
+    /// Sends the request (the head in `out`, then the rest of the body) and reads the final
+    /// response head, relaying 1xx heads on the way.
+    async fn attempt(
         &mut self,
         head: &RequestHead,
-        already: u64,
-        up: &mut TcpStream,
-    ) -> Result<(), ProxyError> {
-        match *head.body() {
-            RequestBody::None => Ok(()),
-            RequestBody::Length(len) => {
-                let mut remaining = len - already;
-                loop {
-                    let avail = (self.pending().len() as u64).min(remaining) as usize;
-                    if avail > 0 {
-                        let from = self.start;
-                        self.write_inbuf(up, from, from + avail).await?;
-                        self.start += avail;
-                        remaining -= avail as u64;
+        framer: &mut BodyFramer,
+        up: &mut Upstream,
+        out: PooledBuf,
+    ) -> Attempt {
+        let limit = self.ctx.timeouts.upstream_response;
+        let (sent, out) = write_up(&mut up.wr, out, limit).await;
+        if let Err(e) = sent {
+            return Attempt {
+                result: Err(e.into()),
+                answered: false,
+                resend: out,
+            };
+        }
+        let mut upbuf = PooledBuf::take();
+        let mut early = false;
+        let mut resend = out;
+        if !framer.is_done() {
+            // From here on the app may have taken body bytes that only the client has.
+            resend = None;
+            match self.send_body_watching(framer, up, upbuf).await {
+                Ok((buf, answered_early)) => {
+                    upbuf = buf;
+                    early = answered_early;
+                }
+                Err(e) => {
+                    return Attempt {
+                        result: Err(e),
+                        answered: true,
+                        resend,
                     }
-                    if remaining == 0 {
-                        return Ok(());
-                    }
-                    let want = remaining.min(buffers::BUF_CAPACITY as u64) as usize;
-                    self.read_body_bytes(want).await?;
                 }
             }
-            RequestBody::Chunked => {
-                // Decoded and re-encoded: the app sees canonical chunk framing and no trailers.
-                let mut decoder = ChunkedDecoder::new(MAX_TRAILER_BYTES);
-                loop {
-                    let mut out = self.out.take();
-                    out.clear();
-                    let mut done = false;
-                    loop {
-                        let start = self.start;
-                        let input = &self.inbuf.get_ref()[start..];
-                        let step = match decoder.decode(input) {
-                            Ok(step) => step,
-                            Err(e) => {
-                                self.out.put(out);
-                                return Err(ProxyError::BadRequest(e.into()));
-                            }
-                        };
-                        if let Some(data) = step.data.clone() {
-                            chunked::write_chunk_header(data.len(), &mut out);
-                            out.extend_from_slice(&input[data]);
-                            out.extend_from_slice(b"\r\n");
-                        }
-                        self.start += step.consumed;
-                        if step.done {
-                            out.extend_from_slice(chunked::LAST_CHUNK);
-                            done = true;
-                            break;
-                        }
-                        if step.consumed == 0 && step.data.is_none() {
-                            break;
-                        }
-                    }
-                    let out = if out.is_empty() {
-                        out
-                    } else {
-                        self.upstream_write(up, out).await?
+        }
+        match self.read_response_head(head, up, upbuf, limit).await {
+            Ok((resp, upbuf)) => Attempt {
+                result: Ok(Answer {
+                    head: resp,
+                    upbuf,
+                    early,
+                }),
+                answered: true,
+                resend,
+            },
+            Err((e, answered)) => Attempt {
+                result: Err(e),
+                answered,
+                resend,
+            },
+        }
+    }
+
+    /// Streams the rest of the request body to the app while reading from it. Returns the
+    /// bytes the app sent (empty when the body went out first; then the response is read
+    /// next) and whether they came before the body was all sent.
+    async fn send_body_watching(
+        &mut self,
+        framer: &mut BodyFramer,
+        up: &mut Upstream,
+        upbuf: PooledBuf,
+    ) -> Result<(PooledBuf, bool), ProxyError> {
+        let limit = self.ctx.timeouts.upstream_response;
+        let idle = self.ctx.timeouts.keep_alive;
+        let Upstream { rd, wr, .. } = up;
+        // One read stays in flight for the whole body: dropping a read the kernel may already
+        // have completed would lose the app's bytes.
+        let mut answer = std::pin::pin!(read_up(rd, upbuf, None));
+        let mut body = std::pin::pin!(send_body(&mut self.client, framer, wr, limit, idle));
+        monoio::select! {
+            sent = &mut body => match sent {
+                // The body is out; the response head is read next (the read in flight is
+                // dropped only here, before any byte of it could matter: see below).
+                Ok(()) => {}
+                // The app broke our write: an app refusing the body answers, then closes;
+                // its answer may be on its way.
+                Err(e @ ProxyError::Upstream(UpstreamError::Io(_) | UpstreamError::WriteStalled)) => {
+                    return match monoio::time::timeout(EARLY_ANSWER_GRACE, &mut answer).await {
+                        Ok((Ok(n), Some(buf))) if n > 0 => Ok((buf, true)),
+                        _ => Err(e),
                     };
-                    self.out.put(out);
-                    if done {
-                        return Ok(());
-                    }
-                    self.read_body_bytes(buffers::BUF_CAPACITY).await?;
                 }
-            }
+                Err(e) => return Err(e),
+            },
+            read = &mut answer => return match read {
+                (Ok(n), Some(buf)) if n > 0 => Ok((buf, true)),
+                (Ok(_), _) => Err(UpstreamError::ClosedEarly.into()),
+                (Err(e), _) => Err(e.into()),
+            },
+        }
+        // The body went out first. The read still in flight is awaited, not dropped: it may
+        // already hold the start of the response.
+        match monoio::time::timeout(limit, answer).await {
+            Ok((Ok(n), Some(buf))) if n > 0 => Ok((buf, false)),
+            Ok((Ok(_), _)) => Err(UpstreamError::ClosedEarly.into()),
+            Ok((Err(e), _)) => Err(e.into()),
+            Err(_) => Err(UpstreamError::Timeout.into()),
         }
     }
 
-    /// Reads upstream bytes into `upbuf` (appending). `Ok(0)` at EOF.
-    async fn read_upstream(&mut self, up: &mut TcpStream) -> std::io::Result<usize> {
-        let mut buf = self.upbuf.take();
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(buffers::BUF_CAPACITY);
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = up.read(buf.slice_mut(len..cap)).await;
-        self.upbuf.put(slice.into_inner());
-        res
-    }
-
-    /// Reads the final response head; 1xx heads are forwarded (or swallowed) on the way.
+    /// Reads the final response head (`upbuf` may already hold its start); 1xx heads are
+    /// forwarded (or swallowed) on the way. On failure, says whether any byte was read.
     async fn read_response_head(
         &mut self,
         head: &RequestHead,
-        up: &mut TcpStream,
-    ) -> Result<ResponseHead, ProxyError> {
-        self.upbuf.get().clear();
-        self.upstream_answered = false;
-        let deadline = Instant::now() + self.ctx.timeouts.upstream_response;
+        up: &mut Upstream,
+        mut upbuf: PooledBuf,
+        limit: Duration,
+    ) -> Result<(ResponseHead, PooledBuf), (ProxyError, bool)> {
+        let deadline = Instant::now() + limit;
+        let mut read_any = !upbuf.is_empty();
         loop {
-            if !self.upbuf.get_ref().is_empty() {
-                let limits = self.ctx.limits;
-                match response::parse_response(self.upbuf.get_ref(), head.is_head(), &limits) {
+            if !upbuf.is_empty() {
+                match response::parse_response(&upbuf, head.is_head(), &self.ctx.limits) {
                     Ok(Parse::Complete(resp)) if resp.is_informational() => {
                         // Our own 100 Continue already went out; others (103) go to 1.1 clients.
                         if resp.status() != 100 && !head.is_http10() {
-                            let end = resp.head_len();
-                            let out = self.out.get();
-                            out.clear();
-                            resp.write_client(self.upbuf.get_ref(), true, false, out);
-                            self.send_out().await?;
-                            self.tls.flush().await.map_err(ProxyError::ClientIo)?;
-                            self.upbuf.get().drain(..end);
-                        } else {
-                            self.upbuf.get().drain(..resp.head_len());
+                            let mut out = PooledBuf::take();
+                            resp.write_client(&upbuf, true, false, &mut out);
+                            let tls = &mut self.client.tls;
+                            let sent = match tls.write_plain(&out).await {
+                                Ok(()) => tls.flush().await,
+                                Err(e) => Err(e),
+                            };
+                            sent.map_err(|e| (ClientError::Io(e).into(), true))?;
                         }
+                        upbuf.drain(..resp.head_len());
                         continue;
                     }
-                    Ok(Parse::Complete(resp)) => return Ok(resp),
+                    Ok(Parse::Complete(resp)) => return Ok((resp, upbuf)),
                     Ok(Parse::Partial) => {}
-                    Err(e) => return Err(ProxyError::BadResponse(e)),
+                    Err(e) => return Err((UpstreamError::BadHead(e).into(), true)),
                 }
             }
-            let read = self.read_upstream(up);
-            match monoio::time::timeout_at(deadline, read).await {
-                Err(_) => return Err(ProxyError::UpstreamTimeout),
-                Ok(Err(e)) => return Err(ProxyError::UpstreamIo(e)),
-                Ok(Ok(0)) => return Err(ProxyError::UpstreamClosedEarly),
-                Ok(Ok(_)) => self.upstream_answered = true,
+            let (res, buf) = read_up(&mut up.rd, upbuf, Some(deadline)).await;
+            match (res, buf) {
+                (Ok(n), Some(buf)) if n > 0 => {
+                    upbuf = buf;
+                    read_any = true;
+                }
+                (Ok(_), _) => return Err((UpstreamError::ClosedEarly.into(), read_any)),
+                (Err(e), _) => return Err((e.into(), read_any)),
             }
         }
     }
@@ -476,144 +514,143 @@ impl Session {
     async fn relay_response(
         &mut self,
         head: &RequestHead,
-        resp: &ResponseHead,
+        answer: Answer,
         client_keep_alive: bool,
-        up: &mut TcpStream,
+        up: &mut Upstream,
     ) -> Result<bool, ProxyError> {
+        let Answer {
+            head: resp,
+            mut upbuf,
+            ..
+        } = answer;
+        let limit = self.ctx.timeouts.upstream_response;
+        let mut framer = BodyFramer::response(*resp.body(), head.is_http10());
+        let mut out = PooledBuf::take();
+        resp.write_client(&upbuf, client_keep_alive, head.is_http10(), &mut out);
         let mut pos = resp.head_len();
         // The first body bytes, when few, share the head's TLS record (one seal, not two).
-        let mut first = 0u64;
-        {
-            let upbuf = self.upbuf.get_ref();
-            let out = self.out.get();
-            out.clear();
-            resp.write_client(upbuf, client_keep_alive, head.is_http10(), out);
-            if let ResponseBody::Length(len) = *resp.body() {
-                let avail = ((upbuf.len() - pos) as u64).min(len) as usize;
-                if avail <= COALESCE_MAX {
-                    out.extend_from_slice(&upbuf[pos..pos + avail]);
-                    pos += avail;
-                    first = avail as u64;
-                }
-            }
+        if !framer.is_done() {
+            let first = &upbuf[pos..upbuf.len().min(pos + COALESCE_MAX)];
+            let adv = framer
+                .advance(first, &mut out)
+                .map_err(UpstreamError::BadBody)?;
+            out.extend_from_slice(&first[adv.forward]);
+            pos += adv.consumed;
         }
-        self.send_out().await?;
+        let tls = &mut self.client.tls;
+        tls.write_plain(&out).await.map_err(ClientError::Io)?;
         self.response_started = true;
 
-        let clean_end = match *resp.body() {
-            ResponseBody::None => true,
-            ResponseBody::Length(len) => {
-                let mut remaining = len - first;
-                loop {
-                    let avail = ((self.upbuf.get_ref().len() - pos) as u64).min(remaining) as usize;
-                    self.send_upbuf(pos, pos + avail).await?;
-                    pos += avail;
-                    remaining -= avail as u64;
-                    if remaining == 0 {
-                        break;
-                    }
-                    self.refill_upstream(up, pos).await?;
-                    pos = 0;
+        let mut clean_end = true;
+        while !framer.is_done() {
+            out.clear();
+            let adv = framer
+                .advance(&upbuf[pos..], &mut out)
+                .map_err(UpstreamError::BadBody)?;
+            let forward = &upbuf[pos..][adv.forward.clone()];
+            for piece in [&out[..], forward] {
+                if !piece.is_empty() {
+                    tls.write_plain(piece).await.map_err(ClientError::Io)?;
                 }
-                true
             }
-            ResponseBody::Chunked => {
-                let dechunk = head.is_http10();
-                let mut decoder = ChunkedDecoder::new(MAX_TRAILER_BYTES);
-                loop {
-                    let from = pos;
-                    let mut done = false;
-                    loop {
-                        let step = decoder
-                            .decode(&self.upbuf.get_ref()[pos..])
-                            .map_err(|e| ProxyError::BadResponse(e.into()))?;
-                        if dechunk {
-                            if let Some(data) = step.data.clone() {
-                                self.send_upbuf(pos + data.start, pos + data.end).await?;
-                            }
-                        }
-                        pos += step.consumed;
-                        if step.done {
-                            done = true;
-                            break;
-                        }
-                        if step.consumed == 0 && step.data.is_none() {
-                            break;
-                        }
-                    }
-                    if !dechunk {
-                        // Verbatim: the framing was validated above, the app is trusted to
-                        // mean what it sent.
-                        self.send_upbuf(from, pos).await?;
-                    }
-                    if done {
-                        break;
-                    }
-                    self.refill_upstream(up, pos).await?;
-                    pos = 0;
+            pos += adv.consumed;
+            if !adv.needs_input() {
+                continue;
+            }
+            // What was relayed so far goes out before waiting on the app: rustls holds
+            // plaintext until its buffer fills, so a streaming (or stalling, or dying) app
+            // would otherwise keep bytes from the client that it could already use.
+            tls.flush().await.map_err(ClientError::Io)?;
+            upbuf.drain(..pos);
+            pos = 0;
+            if upbuf.capacity() - upbuf.len() < 1024 {
+                upbuf.reserve(buffers::BUF_CAPACITY);
+            }
+            let (res, buf) = read_up(&mut up.rd, upbuf, Some(Instant::now() + limit)).await;
+            match (res, buf) {
+                (Ok(n), Some(buf)) if n > 0 => upbuf = buf,
+                (Ok(_), Some(buf)) => {
+                    framer.eof().map_err(|_| UpstreamError::Truncated)?;
+                    upbuf = buf;
+                    clean_end = false;
                 }
-                true
+                (Ok(_), None) => return Err(UpstreamError::Truncated.into()),
+                (Err(UpstreamError::Timeout), _) => return Err(UpstreamError::BodyTimeout.into()),
+                (Err(e), _) => return Err(e.into()),
             }
-            ResponseBody::UntilClose => {
-                loop {
-                    let end = self.upbuf.get_ref().len();
-                    self.send_upbuf(pos, end).await?;
-                    pos = end;
-                    match self.refill_upstream(up, pos).await {
-                        Ok(()) => pos = 0,
-                        Err(ProxyError::UpstreamTruncated) => break,
-                        Err(e) => return Err(e),
-                    }
-                }
-                false
-            }
-        };
-        self.tls.flush().await.map_err(ProxyError::ClientIo)?;
-        let leftover = self.upbuf.get_ref().len() > pos;
-        self.upbuf.get().clear();
+        }
+        tls.flush().await.map_err(ClientError::Io)?;
+        let leftover = upbuf.len() > pos;
         Ok(clean_end && !leftover && resp.upstream_keep_alive())
     }
+}
 
-    /// Encrypts the bytes prepared in `out` for the client.
-    async fn send_out(&mut self) -> Result<(), ProxyError> {
-        let out = self.out.take();
-        let r = self.tls.write_plain(&out).await;
-        self.out.put(out);
-        r.map_err(ProxyError::ClientIo)
-    }
-
-    async fn send_upbuf(&mut self, from: usize, to: usize) -> Result<(), ProxyError> {
-        if from == to {
+/// Streams the rest of a request body from the client to the app: the framer says what to
+/// forward; this only moves it.
+async fn send_body<W: AsyncWriteRent>(
+    client: &mut Client,
+    framer: &mut BodyFramer,
+    wr: &mut W,
+    limit: Duration,
+    idle: Duration,
+) -> Result<(), ProxyError> {
+    let mut out = PooledBuf::take();
+    loop {
+        out.clear();
+        let adv = framer
+            .advance(client.pending(), &mut out)
+            .map_err(ClientError::BadBody)?;
+        if !out.is_empty() {
+            let (res, back) = write_up(wr, out, limit).await;
+            res?;
+            out = back.unwrap_or_else(PooledBuf::take);
+        }
+        client.forward(wr, adv.forward.clone(), limit).await?;
+        client.consume(adv.consumed);
+        if adv.done {
             return Ok(());
         }
-        let buf = self.upbuf.take();
-        let r = self.tls.write_plain(&buf[from..to]).await;
-        self.upbuf.put(buf);
-        r.map_err(ProxyError::ClientIo)
+        if adv.needs_input() {
+            let want = framer.read_hint(buffers::BUF_CAPACITY);
+            client.read_body(want, idle).await?;
+        }
     }
+}
 
-    /// Drops the relayed part of `upbuf` (up to `pos`) and reads more; unrelayed bytes move to
-    /// the front, so relaying resumes at position 0.
-    async fn refill_upstream(&mut self, up: &mut TcpStream, pos: usize) -> Result<(), ProxyError> {
-        // What was relayed so far goes out before waiting on the app: rustls holds plaintext
-        // until its buffer fills, so a streaming (or stalling, or dying) app would otherwise
-        // keep bytes from the client that it could already use.
-        self.tls.flush().await.map_err(ProxyError::ClientIo)?;
-        let buf = self.upbuf.get();
-        if pos >= buf.len() {
-            buf.clear();
-        } else {
-            buf.drain(..pos);
-        }
-        let limit = self.ctx.timeouts.upstream_response;
-        let read = self.read_upstream(up);
-        match monoio::time::timeout(limit, read).await {
-            Err(_) => Err(ProxyError::UpstreamBodyTimeout),
-            Ok(Err(e)) => Err(ProxyError::UpstreamIo(e)),
-            Ok(Ok(0)) => Err(ProxyError::UpstreamTruncated),
-            Ok(Ok(_)) => Ok(()),
-        }
+/// Writes all of `buf` to the app within `limit`. Hands the buffer back (monoio's
+/// `BufResult` shape) unless the timeout cancelled the write while the kernel held it.
+async fn write_up<W: AsyncWriteRent, B: IoBuf>(
+    wr: &mut W,
+    buf: B,
+    limit: Duration,
+) -> (Result<(), UpstreamError>, Option<B>) {
+    match monoio::time::timeout(limit, wr.write_all(buf)).await {
+        Ok((Ok(_), buf)) => (Ok(()), Some(buf)),
+        Ok((Err(e), buf)) => (Err(UpstreamError::Io(e)), Some(buf)),
+        Err(_) => (Err(UpstreamError::WriteStalled), None),
     }
+}
+
+/// Reads more bytes from the app, appended to `buf`, by `deadline` if one is given. `Ok(0)` at
+/// EOF. Hands the buffer back unless the deadline cancelled the read.
+async fn read_up<R: AsyncReadRent>(
+    rd: &mut R,
+    mut buf: PooledBuf,
+    deadline: Option<Instant>,
+) -> (Result<usize, UpstreamError>, Option<PooledBuf>) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(buffers::BUF_CAPACITY);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let read = rd.read(buf.slice_mut(len..cap));
+    let (res, slice) = match deadline {
+        None => read.await,
+        Some(at) => match monoio::time::timeout_at(at, read).await {
+            Ok(r) => r,
+            Err(_) => return (Err(UpstreamError::Timeout), None),
+        },
+    };
+    (res.map_err(UpstreamError::Io), Some(slice.into_inner()))
 }
 
 /// RFC 9110 §9.2.2: methods whose repetition has the same effect as running them once.

@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use rustls::ServerConnection;
 use rustls_pki_types::CertificateDer;
 
-use super::buffers::Slot;
+use super::buffers::{PooledBuf, Slot};
 
 pub struct TlsConn {
     tcp: TcpStream,
@@ -29,7 +29,14 @@ pub struct TlsConn {
     tx: Slot,
     /// Longest a write to the client may make no progress; `None`: no limit.
     write_stall: Option<Duration>,
+    /// A write failed: ciphertext was lost, so the TLS stream is broken for good. Every later
+    /// write fails at once instead of sending records the client can no longer decrypt in
+    /// sequence.
+    dead: bool,
 }
+
+/// Most bytes read and dropped while lingering before a close.
+const LINGER_MAX_BYTES: usize = 1 << 20;
 
 impl TlsConn {
     pub fn new(tcp: TcpStream, tls: ServerConnection) -> Self {
@@ -40,6 +47,7 @@ impl TlsConn {
             rx_pos: 0,
             tx: Slot::default(),
             write_stall: None,
+            dead: false,
         }
     }
 
@@ -130,21 +138,24 @@ impl TlsConn {
     /// Hands buffered ciphertext to rustls, reading from the socket first if none is buffered.
     /// Returns the number of ciphertext bytes fed (0 at EOF).
     async fn feed(&mut self) -> io::Result<usize> {
-        let buf = self.rx.get();
-        if self.rx_pos >= buf.len() {
-            buf.clear();
+        if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
-            let buf = self.rx.take();
-            let cap = buf.capacity();
-            let (res, slice) = self.tcp.read(buf.slice_mut(0..cap)).await;
-            self.rx.put(slice.into_inner());
-            if res? == 0 {
+            let tcp = &mut self.tcp;
+            let n = self
+                .rx
+                .lend(|mut buf| async move {
+                    buf.clear();
+                    let cap = buf.capacity();
+                    let (res, slice) = tcp.read(buf.slice_mut(0..cap)).await;
+                    (res, Some(slice.into_inner()))
+                })
+                .await?;
+            if n == 0 {
                 self.tls.read_tls(&mut io::empty())?;
                 return Ok(0);
             }
         }
-        let buf = self.rx.get();
-        let mut pending = &buf[self.rx_pos..];
+        let mut pending = &self.rx.get_ref()[self.rx_pos..];
         let n = self.tls.read_tls(&mut pending)?;
         self.rx_pos += n;
         if let Err(e) = self.tls.process_new_packets() {
@@ -158,6 +169,9 @@ impl TlsConn {
     /// Encrypts `data` into rustls' outgoing queue, flushing when the queue is full.
     pub async fn write_plain(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
+            if self.dead {
+                return Err(broken());
+            }
             let n = self.tls.writer().write(data)?;
             data = &data[n..];
             if n == 0 || !data.is_empty() {
@@ -169,76 +183,128 @@ impl TlsConn {
 
     /// Writes every queued TLS record to the socket.
     pub async fn flush(&mut self) -> io::Result<()> {
+        if self.dead {
+            return Err(broken());
+        }
         while self.tls.wants_write() {
-            let mut buf = self.tx.take();
-            buf.clear();
-            while self.tls.wants_write() {
-                if let Err(e) = self.tls.write_tls(&mut buf) {
-                    self.tx.put(buf);
-                    return Err(e);
-                }
-            }
-            // One write at a time, so the stall limit bounds each wait for progress, not the
-            // whole batch (a slow but steady reader is fine).
-            let mut done = 0;
-            while done < buf.len() {
-                let write = self.tcp.write(buf.slice(done..));
-                let (res, slice) = match self.write_stall {
-                    None => write.await,
-                    Some(limit) => monoio::time::timeout(limit, write).await.map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
-                    })?,
-                };
-                buf = slice.into_inner();
-                match res {
-                    Ok(0) => {
-                        self.tx.put(buf);
-                        return Err(io::ErrorKind::WriteZero.into());
+            let tls = &mut self.tls;
+            let tcp = &mut self.tcp;
+            let stall = self.write_stall;
+            let sent = self
+                .tx
+                .lend(|mut buf| async move {
+                    buf.clear();
+                    while tls.wants_write() {
+                        if let Err(e) = tls.write_tls(&mut *buf) {
+                            return (Err(e), Some(buf));
+                        }
                     }
-                    Ok(n) => done += n,
-                    Err(e) => {
-                        self.tx.put(buf);
-                        return Err(e);
-                    }
-                }
+                    let (res, buf) = write_all(tcp, buf, stall).await;
+                    // Sent: emptied, so an idle connection gives the buffer back to the pool.
+                    (
+                        res,
+                        buf.map(|mut b| {
+                            b.clear();
+                            b
+                        }),
+                    )
+                })
+                .await;
+            if let Err(e) = sent {
+                self.dead = true;
+                return Err(e);
             }
-            // Sent: emptied, so an idle connection gives the buffer back to the pool.
-            buf.clear();
-            self.tx.put(buf);
         }
         Ok(())
     }
 
-    /// Ends a connection after an error response without losing that response: close_notify,
-    /// FIN, then whatever the client still sends is read and dropped (for at most `limit` or
-    /// 1 MiB) before the socket closes. Closing with unread input would make the kernel send a
-    /// reset, and a client still busy sending its request would see the reset instead of the
-    /// 400 or 431 (nginx calls this lingering close).
-    pub async fn linger_close(&mut self, limit: std::time::Duration) {
-        self.close().await;
+    /// Shuts the TCP write side down (FIN), then reads and drops whatever the client still
+    /// sends, for at most `limit` or 1 MiB, before the socket closes. Closing with unread input
+    /// would make the kernel send a reset, and a client still busy sending (a request body, or
+    /// the rest of its handshake flight) would see the reset instead of our last words: the
+    /// 400 or 431, or the alert that says why its certificate was refused (nginx calls this
+    /// lingering close).
+    pub async fn linger(&mut self, limit: Duration) {
         if self.tcp.shutdown().await.is_err() {
             return;
         }
-        let drain = async {
+        let tcp = &mut self.tcp;
+        let drain = self.rx.lend(|mut buf| async move {
             let mut drained = 0usize;
-            let mut buf = self.rx.take();
-            while drained < 1 << 20 {
+            while drained < LINGER_MAX_BYTES {
                 buf.clear();
                 let cap = buf.capacity();
-                let (res, slice) = self.tcp.read(buf.slice_mut(0..cap)).await;
+                let (res, slice) = tcp.read(buf.slice_mut(0..cap)).await;
                 buf = slice.into_inner();
                 match res {
                     Ok(0) | Err(_) => break,
                     Ok(n) => drained += n,
                 }
             }
-        };
+            buf.clear();
+            ((), Some(buf))
+        });
         let _ = monoio::time::timeout(limit, drain).await;
+        self.rx_pos = 0;
+        self.dead = true;
     }
 
-    /// Sends close_notify (best effort) before the socket is dropped.
-    pub async fn close(&mut self) {
+    /// Ends a connection after an error response without losing that response: close_notify,
+    /// then [`Self::linger`].
+    pub async fn linger_close(&mut self, limit: Duration) {
         self.tls.send_close_notify();
         let _ = self.flush().await;
+        self.linger(limit).await;
+    }
+
+    /// A normal close: close_notify, then FIN, so the client reads a clean end of the stream.
+    pub async fn close(&mut self) {
+        self.tls.send_close_notify();
+        if self.flush().await.is_ok() {
+            let _ = self.tcp.shutdown().await;
+        }
+        self.dead = true;
     }
 }
+
+fn broken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "an earlier write to the client failed",
+    )
+}
+
+/// Writes all of `buf`, one write at a time, so the stall limit bounds each wait for progress,
+/// not the whole batch (a slow but steady reader is fine). Hands the buffer back unless a
+/// timeout cancelled the write while the kernel held it.
+async fn write_all(
+    tcp: &mut TcpStream,
+    mut buf: PooledBuf,
+    stall: Option<Duration>,
+) -> (io::Result<()>, Option<PooledBuf>) {
+    let mut done = 0;
+    while done < buf.len() {
+        let write = tcp.write(buf.slice(done..));
+        let (res, slice) = match stall {
+            None => write.await,
+            Some(limit) => match monoio::time::timeout(limit, write).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let e = io::Error::new(io::ErrorKind::TimedOut, "client stopped reading");
+                    return (Err(e), None);
+                }
+            },
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), Some(buf)),
+            Ok(n) => done += n,
+            Err(e) => return (Err(e), Some(buf)),
+        }
+    }
+    (Ok(()), Some(buf))
+}
+
+#[cfg(test)]
+#[path = "tls_conn_tests.rs"]
+mod tests;

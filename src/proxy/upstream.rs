@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
 /// An idle upstream connection older than this is probed before reuse: the app may have closed it.
@@ -21,12 +22,22 @@ pub struct Pool {
     idle: RefCell<Vec<(TcpStream, Instant)>>,
 }
 
-/// A connection borrowed from the pool or freshly made.
+/// A connection borrowed from the pool or freshly made, split so that the exchange can read
+/// the app's answer while it is still sending the request body (RFC 9112 §9.6: an app may
+/// answer early, and that answer must reach the client).
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub rd: OwnedReadHalf<TcpStream>,
+    pub wr: OwnedWriteHalf<TcpStream>,
     /// True when it came from the pool: a failure before any byte of the request was taken
     /// by the app may then be retried once on a fresh connection.
     pub reused: bool,
+}
+
+impl Upstream {
+    fn new(stream: TcpStream, reused: bool) -> Self {
+        let (rd, wr) = stream.into_split();
+        Upstream { rd, wr, reused }
+    }
 }
 
 impl Pool {
@@ -42,10 +53,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         while let Some((stream, since)) = idle.pop() {
             if since.elapsed() < PROBE_AFTER || still_open(&stream) {
-                return Some(Upstream {
-                    stream,
-                    reused: true,
-                });
+                return Some(Upstream::new(stream, true));
             }
         }
         None
@@ -58,13 +66,15 @@ impl Pool {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         stream.set_nodelay(true)?;
-        Ok(Upstream {
-            stream,
-            reused: false,
-        })
+        Ok(Upstream::new(stream, false))
     }
 
-    pub fn put(&self, stream: TcpStream) {
+    /// Keeps a connection whose last response ended exactly at its end.
+    pub fn put(&self, up: Upstream) {
+        // Halves of one split always reunite; a failure would only mean "do not pool".
+        let Ok(stream) = up.rd.reunite(up.wr) else {
+            return;
+        };
         let mut idle = self.idle.borrow_mut();
         if idle.len() < MAX_IDLE {
             idle.push((stream, Instant::now()));
