@@ -100,6 +100,7 @@ impl ClientCertVerifier for ClientVerifier {
                 if cache::is_verified(&self.cache, &key, now) {
                     return Ok(ClientCertVerified::assertion());
                 }
+                every_entry_is_a_certificate(end_entity, intermediates)?;
                 let verified = v.verify_client_cert(end_entity, intermediates, now)?;
                 let chain: Vec<CertificateDer<'_>> =
                     ders.iter().map(|d| CertificateDer::from(*d)).collect();
@@ -107,9 +108,7 @@ impl ClientCertVerifier for ClientVerifier {
                 Ok(verified)
             }
             None => {
-                // Still insist on parseable X.509: the header and proof of possession need it.
-                webpki::EndEntityCert::try_from(end_entity)
-                    .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+                every_entry_is_a_certificate(end_entity, intermediates)?;
                 Ok(ClientCertVerified::assertion())
             }
         }
@@ -136,6 +135,22 @@ impl ClientCertVerifier for ClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
     }
+}
+
+/// Every entry the client presented must be X.509, in every mode: the forwarded header
+/// carries the whole chain, and path building reads only the entries it needs, so an empty or
+/// junk entry after a valid leaf would otherwise reach the app as a "certificate" (OpenSSL
+/// and Envoy refuse such a message too). rustls answers `bad_certificate`.
+fn every_entry_is_a_certificate(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<(), Error> {
+    for cert in std::iter::once(end_entity).chain(intermediates) {
+        // webpki's parser, the one path building uses; it reads any X.509 certificate, CA or not.
+        webpki::EndEntityCert::try_from(cert)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
