@@ -7,5 +7,6 @@ mod hardening;
 mod headers;
 mod modes;
 mod proxying;
+mod relay;
 mod support;
 mod tools;
