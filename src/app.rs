@@ -1,11 +1,18 @@
-//! Startup: config → TLS setup → workers. Shared by the CLI, the demo and the test suite, so
-//! all three run exactly the same checks and the same server.
+//! Startup and reload: config → TLS setup → workers. Shared by the CLI, the demo and the test
+//! suite, so all three run exactly the same checks and the same server.
+//!
+//! A reload is the same path as startup: the whole config and every file it names are loaded
+//! and validated into a new [`Prepared`] before anything changes; only then does the running
+//! server get the new generation. A failure leaves the running config in force.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::config::{Config, ConfigError};
+use tracing::warn;
+
+use crate::config::{Config, ConfigError, Listener};
 use crate::tls::{self, TlsError};
-use crate::worker::{self, ListenerPlan, Server, WorkerError};
+use crate::worker::{self, ListenerPlan, Server, Settings, WorkerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -32,19 +39,39 @@ pub fn load(path: &Path) -> Result<Prepared, StartupError> {
 
 /// Builds the TLS side of every listener.
 pub fn prepare(config: Config) -> Result<Prepared, StartupError> {
+    prepare_after(config, &[])
+}
+
+/// [`prepare`] for a reload, where `previous` is the running generation: a
+/// listener whose trust is unchanged keeps its session-ticket key, TLS 1.2 session cache and
+/// verified-chain cache, so a certificate rotation does not cost every client a full handshake.
+pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepared, StartupError> {
     let mut plans = Vec::new();
     let mut summaries = Vec::new();
     for listener in &config.listeners {
-        let cache = tls::cache::CacheConfig::new(
-            config.server.cert_cache_size,
-            config.server.cert_cache_ttl,
-        );
-        let built = tls::server_config(listener, config.limits.max_client_cert_chain, cache)?;
+        let trust = trust_fingerprint(listener, &config)?;
+        let same_trust = previous
+            .iter()
+            .find(|p| p.name == listener.name && p.trust == trust);
+        let cache = match same_trust {
+            Some(p) => p.cache,
+            None => tls::cache::CacheConfig::new(
+                config.server.cert_cache_size,
+                config.server.cert_cache_ttl,
+            ),
+        };
+        let mut built = tls::server_config(listener, config.limits.max_client_cert_chain, cache)?;
+        if let (Some(p), Some(fresh)) = (same_trust, Arc::get_mut(&mut built.config)) {
+            fresh.ticketer = p.tls.ticketer.clone();
+            fresh.session_storage = p.tls.session_storage.clone();
+        }
         summaries.push(built.summary);
         plans.push(ListenerPlan {
             name: listener.name.clone(),
+            bind: listener.bind,
             tls: built.config,
             cache: built.cache,
+            trust,
             upstream: listener.upstream,
             upstream_host: listener.upstream_authority.clone(),
         });
@@ -56,7 +83,89 @@ pub fn prepare(config: Config) -> Result<Prepared, StartupError> {
     })
 }
 
+/// What decides who a listener lets in: its mode, the bytes of its trust store, the chain
+/// limit, whether it resumes sessions. Any change starts its tickets, session IDs and cached
+/// chains afresh, so nobody skips the new checks by resuming or returning (a ticket carries
+/// the client's certificate, and rustls does not verify it again on resumption).
+fn trust_fingerprint(listener: &Listener, config: &Config) -> Result<[u8; 32], StartupError> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(listener.client_certificate_mode.to_string().as_bytes());
+    ctx.update(&[u8::from(listener.session_resumption)]);
+    ctx.update(&(config.limits.max_client_cert_chain as u64).to_be_bytes());
+    if let Some(ca) = &listener.client_ca {
+        let bytes = std::fs::read(ca).map_err(|source| TlsError::Read {
+            path: ca.clone(),
+            source,
+        })?;
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(&bytes);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Ok(out)
+}
+
 /// Binds and starts the workers.
 pub fn start(prepared: Prepared) -> Result<Server, StartupError> {
     Ok(worker::start(&prepared.config, prepared.plans)?)
+}
+
+/// The running process: the server, and the config generation it serves.
+pub struct Running {
+    pub server: Server,
+    path: PathBuf,
+    config: Config,
+    plans: Vec<ListenerPlan>,
+}
+
+impl Running {
+    /// Starts serving `prepared`, loaded from `path`.
+    pub fn start(path: PathBuf, prepared: Prepared) -> Result<Self, StartupError> {
+        let config = prepared.config.clone();
+        let plans = prepared.plans.clone();
+        let server = start(prepared)?;
+        Ok(Running {
+            server,
+            path,
+            config,
+            plans,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the config file and every file it names and, if all of it is valid, hands the
+    /// workers the new generation. On error nothing changed. Returns the summaries of the new
+    /// listeners.
+    pub fn reload(&mut self) -> Result<Vec<String>, StartupError> {
+        let mut config = Config::load(&self.path)?;
+        // Fixed at startup: the worker threads and their CPUs exist already.
+        let (old, new) = (&self.config.server, &mut config.server);
+        if old.workers != new.workers || old.pin_workers != new.pin_workers {
+            warn!(
+                "[server] workers / pin_workers changed; they take effect at the next restart \
+                 (keeping workers = {}, pin_workers = {})",
+                old.workers, old.pin_workers
+            );
+            new.workers = old.workers;
+            new.pin_workers = old.pin_workers;
+        }
+        let prepared = prepare_after(config, &self.plans)?;
+        self.server
+            .reload(Settings::of(&prepared.config), prepared.plans.clone())?;
+        self.config = prepared.config;
+        self.plans = prepared.plans;
+        Ok(prepared.summaries)
+    }
+
+    /// Stops accepting and drains (see [`Server::shutdown`]).
+    pub fn shutdown(self) {
+        self.server.shutdown();
+    }
 }

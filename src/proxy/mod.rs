@@ -31,11 +31,14 @@ pub struct ListenerCtx {
     pub tls: Arc<ServerConfig>,
     /// Verified-chain cache settings; the header bytes of a known chain come from there.
     pub cache: crate::tls::cache::CacheConfig,
-    pub pool: upstream::Pool,
+    /// Shared with the next generation's context when a reload keeps the upstream.
+    pub pool: Rc<upstream::Pool>,
     /// `Host` for HTTP/1.0 requests that carry none: the upstream as configured.
     pub upstream_host: Vec<u8>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Open connections per worker before accepting waits.
+    pub max_connections: usize,
     pub shutdown: Rc<Shutdown>,
 }
 
@@ -111,10 +114,11 @@ mod tests {
                 name: "size".into(),
                 tls: config.clone(),
                 cache: crate::tls::cache::CacheConfig::new(0, std::time::Duration::from_secs(1)),
-                pool: upstream::Pool::new("127.0.0.1:9".parse().unwrap()),
+                pool: Rc::new(upstream::Pool::new("127.0.0.1:9".parse().unwrap())),
                 upstream_host: Vec::new(),
                 timeouts: Timeouts::default(),
                 limits: Limits::default(),
+                max_connections: 1,
                 shutdown: Rc::new(Shutdown::default()),
             });
             let tls = TlsConn::new(tcp, rustls::ServerConnection::new(config).unwrap());

@@ -48,6 +48,11 @@ impl Pool {
         }
     }
 
+    /// The app's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Takes the most recently used idle connection that is still open.
     pub fn take(&self) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
