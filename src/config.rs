@@ -43,13 +43,53 @@ impl fmt::Display for ClientCertMode {
     }
 }
 
+/// `[log] access`: one line per request on stdout, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// No access log (the default: it costs a formatted line per request).
+    #[default]
+    Off,
+    /// `key=value` pairs, one request per line.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log] format`: how certgate's own diagnostic lines on stderr look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; colored only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// The validated runtime configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub server: Server,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// `[admin]`; `None` when the section is absent: no admin listener.
+    pub admin: Option<Admin>,
+    pub log: Log,
     pub listeners: Vec<Listener>,
+}
+
+/// `[admin]`: the plain-HTTP operations listener (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Log {
+    pub access: AccessLogFormat,
+    pub format: LogFormat,
 }
 
 /// `[server]`: process-wide settings.
@@ -61,6 +101,9 @@ pub struct Server {
     /// Per-worker LRU of verified client chains; 0 disables the cache.
     pub cert_cache_size: usize,
     pub cert_cache_ttl: Duration,
+    /// How often the config file and every file it names are checked for changed contents;
+    /// zero (the default) = never, reload only on SIGHUP.
+    pub reload_interval: Duration,
 }
 
 impl Default for Server {
@@ -70,6 +113,7 @@ impl Default for Server {
             pin_workers: true,
             cert_cache_size: 1024,
             cert_cache_ttl: Duration::from_secs(300),
+            reload_interval: Duration::ZERO,
         }
     }
 }
@@ -130,7 +174,8 @@ impl Default for Limits {
 /// One `[[listener]]`: a TLS port in front of one plain HTTP/1.1 upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
-    /// Used in logs; defaults to the bind address.
+    /// Used in logs and as the `listener` label of metrics; defaults to the bind address.
+    /// Unique within a config, so a listener's metrics survive a reload that keeps its name.
     pub name: String,
     pub bind: SocketAddr,
     /// PEM, leaf first then intermediates; resolved against the config file's directory.
@@ -217,6 +262,47 @@ impl Config {
         file.into_config(base_dir)
     }
 
+    /// Every file the config names (certificates, keys, client CAs), each once, in config
+    /// order. The config file itself is not included: the caller knows its path. A reload
+    /// watcher hashes the config file plus these to notice a rotation.
+    pub fn files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = Vec::new();
+        for l in &self.listeners {
+            let named = [
+                Some(l.cert.as_path()),
+                Some(l.key.as_path()),
+                l.client_ca.as_deref(),
+            ];
+            for path in named.into_iter().flatten() {
+                if !files.contains(&path) {
+                    files.push(path);
+                }
+            }
+        }
+        files
+    }
+
+    /// The keys that differ between `self` (running) and `next` (just loaded) but only take
+    /// effect at a restart, as dotted names; a reload keeps their old values and warns once.
+    /// Threads, their pinning and the stderr subscriber are set up once at startup; the admin
+    /// socket is bound once so that health checks never see it disappear during a reload.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.server.workers != next.server.workers {
+            keys.push("server.workers");
+        }
+        if self.server.pin_workers != next.server.pin_workers {
+            keys.push("server.pin_workers");
+        }
+        if self.admin != next.admin {
+            keys.push("admin.bind");
+        }
+        if self.log.format != next.log.format {
+            keys.push("log.format");
+        }
+        keys
+    }
+
     /// The number of worker threads to start: `server.workers`, or one per CPU core when it is 0.
     pub fn worker_count(&self) -> usize {
         match self.server.workers {
@@ -257,6 +343,9 @@ struct FileConfig {
     timeouts: FileTimeouts,
     #[serde(default)]
     limits: FileLimits,
+    admin: Option<FileAdmin>,
+    #[serde(default)]
+    log: FileLog,
     #[serde(default, rename = "listener")]
     listeners: Vec<FileListener>,
 }
@@ -268,6 +357,22 @@ struct FileServer {
     pin_workers: Option<bool>,
     cert_cache_size: Option<usize>,
     cert_cache_ttl: Option<toml::Value>,
+    reload_interval: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    bind: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    #[serde(default)]
+    access: AccessLogFormat,
+    #[serde(default)]
+    format: LogFormat,
 }
 
 // Durations are taken as raw values so that a bare number (`handshake = 10`) can be reported
@@ -359,12 +464,29 @@ impl FileConfig {
                     ),
                 ));
             }
+            if let Some(other) = listeners.iter().position(|l| l.name == listener.name) {
+                // Metrics and logs tell listeners apart by name only.
+                return Err(ConfigError::invalid(
+                    format!("listener[{index}].name"),
+                    format!(
+                        "{:?} is already the name of listener[{other}] (names must be unique; \
+                         the default name is the bind address)",
+                        listener.name
+                    ),
+                ));
+            }
             listeners.push(listener);
         }
+        let admin = self.admin.map(|a| a.into_admin(&listeners)).transpose()?;
         Ok(Config {
             server,
             timeouts,
             limits,
+            admin,
+            log: Log {
+                access: self.log.access,
+                format: self.log.format,
+            },
             listeners,
         })
     }
@@ -389,7 +511,40 @@ impl FileServer {
                 "server.cert_cache_ttl",
                 d.cert_cache_ttl,
             )?,
+            // Zero means off, so it is a plain (not a positive) duration.
+            reload_interval: duration(
+                self.reload_interval,
+                "server.reload_interval",
+                d.reload_interval,
+            )?,
         })
+    }
+}
+
+impl FileAdmin {
+    fn into_admin(self, listeners: &[Listener]) -> Result<Admin, ConfigError> {
+        let bind: SocketAddr = self.bind.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                "admin.bind",
+                format!(
+                    "{:?} is not an ip:port address (e.g. \"127.0.0.1:9901\")",
+                    self.bind
+                ),
+            )
+        })?;
+        // Port 0 picks a free port at bind time, so it can't collide with a listener.
+        if bind.port() != 0 {
+            if let Some(l) = listeners.iter().find(|l| l.bind == bind) {
+                return Err(ConfigError::invalid(
+                    "admin.bind",
+                    format!(
+                        "{bind} is already the bind address of listener {:?}",
+                        l.name
+                    ),
+                ));
+            }
+        }
+        Ok(Admin { bind })
     }
 }
 

@@ -26,6 +26,7 @@ workers = 4
 pin_workers = false
 cert_cache_size = 16
 cert_cache_ttl = "90s"
+reload_interval = "30s"
 
 [timeouts]
 handshake = "3s"
@@ -40,6 +41,13 @@ max_request_header_bytes = 8192
 max_headers = 64
 max_connections_per_worker = 500
 max_client_cert_chain = 3
+
+[admin]
+bind = "127.0.0.1:9901"
+
+[log]
+access = "json"
+format = "json"
 
 [[listener]]
 name = "public"
@@ -69,6 +77,20 @@ fn full_file_parses_with_every_value() {
             pin_workers: false,
             cert_cache_size: 16,
             cert_cache_ttl: Duration::from_secs(90),
+            reload_interval: Duration::from_secs(30),
+        }
+    );
+    assert_eq!(
+        c.admin,
+        Some(Admin {
+            bind: "127.0.0.1:9901".parse().unwrap()
+        })
+    );
+    assert_eq!(
+        c.log,
+        Log {
+            access: AccessLogFormat::Json,
+            format: LogFormat::Json,
         }
     );
     assert_eq!(
@@ -121,6 +143,11 @@ fn omitted_sections_take_documented_defaults() {
     assert_eq!(c.server, Server::default());
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.admin, None, "no [admin] section, no admin listener");
+    assert_eq!(c.log, Log::default());
+    assert_eq!(c.log.access, AccessLogFormat::Off);
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.server.reload_interval, Duration::ZERO);
     let l = &c.listeners[0];
     assert_eq!(l.name, "127.0.0.1:8443");
     assert_eq!(l.client_certificate_mode, ClientCertMode::Ignore);
@@ -135,6 +162,13 @@ fn shipped_example_parses() {
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.limits, Limits::default());
     assert_eq!(c.server, Server::default());
+    assert_eq!(c.log, Log::default());
+    assert_eq!(
+        c.admin,
+        Some(Admin {
+            bind: "127.0.0.1:9901".parse().unwrap()
+        })
+    );
 }
 
 #[test]
@@ -281,4 +315,124 @@ fn load_resolves_paths_against_file_dir_and_names_file_in_errors() {
     let e = Config::load(&path).unwrap_err().to_string();
     assert!(e.contains("certgate.toml") && e.contains("bogus"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn admin_bind_must_be_ip_and_port_and_not_a_listeners() {
+    let e = err(&format!("[admin]\nbind = \"localhost:9901\"\n{MINIMAL}"));
+    assert!(
+        e.contains("admin.bind") && e.contains("localhost:9901"),
+        "{e}"
+    );
+    let e = err(&format!("[admin]\nbind = \"127.0.0.1:8443\"\n{MINIMAL}"));
+    assert!(
+        e.contains("admin.bind") && e.contains("127.0.0.1:8443"),
+        "{e}"
+    );
+    let e = err(&format!("[admin]\n{MINIMAL}"));
+    assert!(e.contains("bind"), "{e}");
+    let e = err(&format!(
+        "[admin]\nbind = \"127.0.0.1:9901\"\nport = 1\n{MINIMAL}"
+    ));
+    assert!(e.contains("port"), "{e}");
+    // Port 0 (tests) never collides: the kernel picks a free port.
+    let c = parse(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n{}",
+        MINIMAL.replace(":8443", ":0")
+    ))
+    .unwrap();
+    assert_eq!(c.admin.unwrap().bind.port(), 0);
+}
+
+#[test]
+fn log_formats_list_allowed_values() {
+    let e = err(&format!("[log]\naccess = \"xml\"\n{MINIMAL}"));
+    for word in ["xml", "off", "text", "json"] {
+        assert!(e.contains(word), "{e}");
+    }
+    let e = err(&format!("[log]\nformat = \"logfmt\"\n{MINIMAL}"));
+    assert!(e.contains("logfmt") && e.contains("json"), "{e}");
+    let e = err(&format!("[log]\nlevel = \"debug\"\n{MINIMAL}"));
+    assert!(e.contains("level"), "{e}");
+    let c = parse(&format!("[log]\naccess = \"text\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.log.access, AccessLogFormat::Text);
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn reload_interval_is_a_duration_and_zero_means_off() {
+    let e = err(&format!("[server]\nreload_interval = 30\n{MINIMAL}"));
+    assert!(
+        e.contains("server.reload_interval") && e.contains("unit"),
+        "{e}"
+    );
+    let c = parse(&format!("[server]\nreload_interval = \"0s\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.server.reload_interval, Duration::ZERO);
+    let c = parse(&format!("[server]\nreload_interval = \"10s\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.server.reload_interval, Duration::from_secs(10));
+}
+
+#[test]
+fn listener_names_are_unique() {
+    let second = MINIMAL.replace("8443", "9443");
+    let e = err(&format!(
+        "{}{}",
+        MINIMAL.replace("bind =", "name = \"api\"\nbind ="),
+        second.replace("bind =", "name = \"api\"\nbind =")
+    ));
+    assert!(e.contains("listener[1].name") && e.contains("api"), "{e}");
+    // An explicit name may not take another listener's default name (its bind address).
+    let e = err(&format!(
+        "{MINIMAL}{}",
+        second.replace("bind =", "name = \"127.0.0.1:8443\"\nbind =")
+    ));
+    assert!(e.contains("listener[1].name"), "{e}");
+    let e = err(&MINIMAL.replace("bind =", "name = \" \"\nbind ="));
+    assert!(e.contains("listener[0].name"), "{e}");
+}
+
+#[test]
+fn files_lists_every_named_file_once_in_config_order() {
+    let text = format!(
+        "{}{}",
+        MINIMAL.replace("upstream =", "client_ca = \"ca.pem\"\nupstream ="),
+        MINIMAL
+            .replace("8443", "9443")
+            .replace("server.key", "other.key")
+    );
+    let c = parse(&text).unwrap();
+    let files: Vec<&Path> = c.files();
+    assert_eq!(
+        files,
+        [
+            Path::new("/etc/certgate/server.pem"),
+            Path::new("/etc/certgate/server.key"),
+            Path::new("/etc/certgate/ca.pem"),
+            Path::new("/etc/certgate/other.key"),
+        ]
+    );
+}
+
+#[test]
+fn restart_only_changes_names_the_keys() {
+    let old = parse(MINIMAL).unwrap();
+    let same = parse(&format!(
+        "[timeouts]\nhandshake = \"1s\"\n[log]\naccess = \"json\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert!(old.restart_only_changes(&same).is_empty());
+    let next = parse(&format!(
+        "[server]\nworkers = 3\npin_workers = false\n[admin]\nbind = \"127.0.0.1:9901\"\n\
+         [log]\nformat = \"json\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        old.restart_only_changes(&next),
+        [
+            "server.workers",
+            "server.pin_workers",
+            "admin.bind",
+            "log.format"
+        ]
+    );
 }
