@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::config::{Config, ConfigError, Listener};
+use crate::ops::metrics::Metrics;
 use crate::tls::{self, TlsError};
 use crate::worker::{self, ListenerPlan, Server, Settings, WorkerError};
 
@@ -72,6 +73,7 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
             tls: built.config,
             cache: built.cache,
             trust,
+            not_after: built.not_after,
             upstream: listener.upstream,
             upstream_host: listener.upstream_authority.clone(),
         });
@@ -105,9 +107,14 @@ fn trust_fingerprint(listener: &Listener, config: &Config) -> Result<[u8; 32], S
     Ok(out)
 }
 
-/// Binds and starts the workers.
+/// Binds and starts the workers (with metrics nobody scrapes: the demo and in-process tests).
 pub fn start(prepared: Prepared) -> Result<Server, StartupError> {
-    Ok(worker::start(&prepared.config, prepared.plans)?)
+    start_counting(prepared, Arc::new(Metrics::new()))
+}
+
+/// Binds and starts the workers, counting into `metrics`.
+pub fn start_counting(prepared: Prepared, metrics: Arc<Metrics>) -> Result<Server, StartupError> {
+    Ok(worker::start(&prepared.config, prepared.plans, metrics)?)
 }
 
 /// The running process: the server, and the config generation it serves.
@@ -119,11 +126,15 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts serving `prepared`, loaded from `path`.
-    pub fn start(path: PathBuf, prepared: Prepared) -> Result<Self, StartupError> {
+    /// Starts serving `prepared`, loaded from `path`, counting into `metrics`.
+    pub fn start(
+        path: PathBuf,
+        prepared: Prepared,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartupError> {
         let config = prepared.config.clone();
         let plans = prepared.plans.clone();
-        let server = start(prepared)?;
+        let server = start_counting(prepared, metrics)?;
         Ok(Running {
             server,
             path,
@@ -145,16 +156,18 @@ impl Running {
     /// listeners.
     pub fn reload(&mut self) -> Result<Vec<String>, StartupError> {
         let mut config = Config::load(&self.path)?;
-        // Fixed at startup: the worker threads and their CPUs exist already.
-        let (old, new) = (&self.config.server, &mut config.server);
-        if old.workers != new.workers || old.pin_workers != new.pin_workers {
+        // Fixed at startup: the worker threads and their CPUs, the admin socket, the log format.
+        let fixed = self.config.restart_only_changes(&config);
+        if !fixed.is_empty() {
             warn!(
-                "[server] workers / pin_workers changed; they take effect at the next restart \
-                 (keeping workers = {}, pin_workers = {})",
-                old.workers, old.pin_workers
+                "changed keys that take effect only at the next restart (their running values \
+                 stay): {}",
+                fixed.join(", ")
             );
-            new.workers = old.workers;
-            new.pin_workers = old.pin_workers;
+            config.server.workers = self.config.server.workers;
+            config.server.pin_workers = self.config.server.pin_workers;
+            config.admin = self.config.admin;
+            config.log.format = self.config.log.format;
         }
         let prepared = prepare_after(config, &self.plans)?;
         self.server

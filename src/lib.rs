@@ -2,11 +2,18 @@
 //!
 //! Pure modules (`config`, `http`, `xfcc`, `tls`, `pki`) take bytes and values and never touch
 //! the runtime; `proxy` and `worker` are the thin I/O shell around them.
+//!
+//! The `demo` cargo feature (on by default) adds `demo` and `pki`, the certificate generator that
+//! the demo, the integration tests and the benches use; a production build
+//! (`--no-default-features`) has neither. Unit tests always have `pki`.
 
 pub mod app;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
+pub mod ops;
+#[cfg(any(test, feature = "demo"))]
 pub mod pki;
 pub mod proxy;
 pub mod tls;

@@ -1,8 +1,17 @@
 //! The `certgate` command line: run a config, check it, or start the demo.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use certgate::app::Running;
+use certgate::config::{Config, LogFormat};
+use certgate::ops::admin::{self, AdminState, Readiness};
+use certgate::ops::metrics::Metrics;
+use certgate::ops::notify::Notifier;
+use certgate::ops::watch::{self, WatchSet};
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
@@ -32,6 +41,10 @@ enum Command {
     /// Load and validate the config and every certificate and key it names, then exit.
     Check,
     /// Run a throwaway CA, an echo app and an `accept`-mode listener, and print curl commands.
+    // A build without the `demo` feature keeps the subcommand, hidden from `--help`, so that
+    // `certgate demo` (the README's first command) says why it cannot run and how to get it,
+    // instead of clap's bare "unrecognized subcommand 'demo'".
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo {
         /// Address of the demo's TLS listener.
         #[arg(long, default_value = "127.0.0.1:8443")]
@@ -40,18 +53,24 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CERTGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => check(cli.config),
-        Some(Command::Demo { bind }) => demo(bind),
+        Some(Command::Check) => {
+            init_logging(LogFormat::Text);
+            check(cli.config)
+        }
+        Some(Command::Demo { bind }) => {
+            init_logging(LogFormat::Text);
+            demo(bind)
+        }
+        // `run` logs in the format its config asks for, so it starts logging once loaded.
         None => run(cli.config),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    if let Err(e) = certgate::ops::logging::init(format) {
+        eprintln!("certgate: cannot set up logging: {e}");
     }
 }
 
@@ -63,7 +82,12 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 /// Loads `--config` and every file it names, or says why not.
 fn load(config: Option<PathBuf>) -> Result<(PathBuf, certgate::app::Prepared), ExitCode> {
-    let path = config.ok_or_else(|| fail("--config FILE is required (or try `certgate demo`)"))?;
+    const MISSING: &str = if cfg!(feature = "demo") {
+        "--config FILE is required (or try `certgate demo`)"
+    } else {
+        "--config FILE is required"
+    };
+    let path = config.ok_or_else(|| fail(MISSING))?;
     let prepared = certgate::app::load(&path).map_err(fail)?;
     Ok((path, prepared))
 }
@@ -85,34 +109,107 @@ fn check(config: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(config: Option<PathBuf>) -> ExitCode {
-    let (_, prepared) = match load(config) {
+    // Installed before anything starts, so a signal during startup is not lost.
+    let (events, signals) = Signals::install();
+    let (path, prepared) = match load(config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    init_logging(prepared.config.log.format);
     for line in &prepared.summaries {
         tracing::info!("{line}");
     }
-    // Installed before the workers start, so a signal during startup is not lost.
-    let signals = Signals::install();
-    let server = match certgate::app::start(prepared) {
-        Ok(s) => s,
+    let notify = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("NOTIFY_SOCKET is set but unusable ({e}); not notifying systemd");
+        Notifier::disabled()
+    });
+    let metrics = Arc::new(Metrics::new());
+    metrics.process().config_loaded(SystemTime::now());
+    let state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        readiness: Readiness::new(),
+    });
+    // The admin port is bound before the workers start: a bad address is a startup error too.
+    let admin = match &prepared.config.admin {
+        Some(admin) => match admin::bind(admin.bind).and_then(|l| admin::spawn(l, state.clone())) {
+            Ok(server) => Some(server),
+            Err(e) => return fail(format_args!("admin.bind {}: {e}", admin.bind)),
+        },
+        None => None,
+    };
+    let watch = Arc::new(Mutex::new(watch_set(
+        &path,
+        prepared.config.server.reload_interval,
+        &prepared.config,
+    )));
+    let mut running = match Running::start(path, prepared, metrics.clone()) {
+        Ok(r) => r,
         Err(e) => return fail(e),
     };
-    signals.wait();
+    if let Err(e) = watch::spawn(watch.clone(), events.clone(), Event::Reload) {
+        tracing::warn!("cannot start the reload_interval watcher: {e}");
+    }
+    state.readiness.set_serving();
+    let _ = notify.ready();
+
+    while let Ok(event) = signals.recv() {
+        match event {
+            Event::Reload => {
+                let _ = notify.reloading();
+                match running.reload() {
+                    Ok(summaries) => {
+                        metrics.process().reload_succeeded(SystemTime::now());
+                        for line in &summaries {
+                            tracing::info!("{line}");
+                        }
+                        tracing::info!("reloaded {}", running.path().display());
+                        let set = watch_set(
+                            running.path(),
+                            running.config().server.reload_interval,
+                            running.config(),
+                        );
+                        *watch.lock().unwrap_or_else(PoisonError::into_inner) = set;
+                    }
+                    Err(e) => {
+                        metrics.process().reload_failed();
+                        tracing::error!("reload failed, the running config stays in force: {e}");
+                    }
+                }
+                let _ = notify.ready();
+            }
+            Event::Stop => break,
+        }
+    }
+    // Not ready first, so load balancers stop sending before the listeners close.
+    state.readiness.set_draining();
+    let _ = notify.stopping();
     tracing::info!("shutting down: draining in-flight requests");
-    server.shutdown();
+    running.shutdown();
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     ExitCode::SUCCESS
 }
 
+/// The files `reload_interval` watches: the config and everything it names.
+fn watch_set(path: &Path, interval: Duration, config: &Config) -> WatchSet {
+    let mut paths = vec![path.to_path_buf()];
+    paths.extend(config.files().into_iter().map(Path::to_path_buf));
+    WatchSet { interval, paths }
+}
+
+#[cfg(feature = "demo")]
 fn demo(bind: std::net::SocketAddr) -> ExitCode {
+    use std::io::Write;
     let dir = std::env::temp_dir().join(format!("certgate-demo-{}", std::process::id()));
-    let signals = Signals::install();
+    let (_, signals) = Signals::install();
     match certgate::demo::start(&dir, bind) {
         Ok(demo) => {
             // A closed stdout (piped into `head`, say) must not stop the demo.
             let mut out = std::io::stdout();
             let _ = writeln!(out, "{}", demo.instructions()).and_then(|()| out.flush());
-            signals.wait();
+            // The demo has nothing to reload: it runs until told to stop.
+            while let Ok(Event::Reload) = signals.recv() {}
             demo.server.shutdown();
             let _ = std::fs::remove_dir_all(&dir);
             ExitCode::SUCCESS
@@ -121,30 +218,56 @@ fn demo(bind: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-/// SIGTERM and SIGINT, caught from the start so that either one begins a graceful shutdown.
-struct Signals(Option<signal_hook::iterator::Signals>);
+#[cfg(not(feature = "demo"))]
+fn demo(_bind: std::net::SocketAddr) -> ExitCode {
+    fail(
+        "this certgate was built without the demo (cargo feature `demo`); \
+         build it with the default features to get it: cargo build --release",
+    )
+}
+
+/// What the main thread waits for.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    /// SIGHUP (`systemctl reload`, `kill -HUP`) or a change seen by the watcher.
+    Reload,
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop,
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught from the start and turned into [`Event`]s.
+struct Signals;
 
 impl Signals {
-    fn install() -> Self {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-            Ok(s) => Signals(Some(s)),
+    /// The sender (for other event sources) and the receiver the main thread waits on.
+    fn install() -> (Sender<Event>, Receiver<Event>) {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let (tx, rx) = mpsc::channel();
+        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+            Ok(mut signals) => {
+                let tx = tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("certgate-signals".into())
+                    .spawn(move || {
+                        for signal in signals.forever() {
+                            let event = if signal == SIGHUP {
+                                Event::Reload
+                            } else {
+                                Event::Stop
+                            };
+                            if tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("certgate: cannot watch signals ({e}); running until killed");
+                }
+            }
             Err(e) => {
                 eprintln!("certgate: cannot install signal handlers ({e}); running until killed");
-                Signals(None)
             }
         }
-    }
-
-    /// Blocks until one of the signals arrives.
-    fn wait(self) {
-        match self.0 {
-            Some(mut s) => {
-                let _ = s.forever().next();
-            }
-            None => loop {
-                std::thread::park();
-            },
-        }
+        (tx, rx)
     }
 }

@@ -1,6 +1,7 @@
 //! Operations: what lets a team run certgate in production. Metrics summed at scrape time, the
 //! admin listener (`/healthz`, `/readyz`, `/metrics`), the access log, the rate limit on
-//! handshake-failure log lines, certgate's own log format, and the systemd notify protocol.
+//! handshake-failure log lines, certgate's own log format, the systemd notify protocol, and the
+//! file watcher behind `reload_interval`.
 //!
 //! Operations observe, they do not steer: nothing here decides what happens to a connection.
 //! Workers own their counters and their access-log buffer, and `ops` only reads what they
@@ -16,3 +17,4 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod ratelimit;
+pub mod watch;

@@ -8,6 +8,7 @@
 use std::io;
 
 use crate::http::{ChunkError, HttpError};
+use crate::ops::metrics::UpstreamErrorKind;
 
 /// The client broke the exchange.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,23 @@ pub fn effect(err: &ProxyError, response_started: bool) -> Effect {
             UpstreamError::BodyTimeout | UpstreamError::Truncated => Effect::Close,
         },
     }
+}
+
+/// The `kind` label an upstream failure is counted under; `None` for the client's failures.
+pub fn upstream_kind(err: &ProxyError) -> Option<UpstreamErrorKind> {
+    let ProxyError::Upstream(e) = err else {
+        return None;
+    };
+    Some(match e {
+        UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+        UpstreamError::Timeout | UpstreamError::WriteStalled | UpstreamError::BodyTimeout => {
+            UpstreamErrorKind::Timeout
+        }
+        UpstreamError::BadHead(_) | UpstreamError::BadBody(_) => UpstreamErrorKind::Invalid,
+        UpstreamError::Io(_) | UpstreamError::ClosedEarly | UpstreamError::Truncated => {
+            UpstreamErrorKind::Closed
+        }
+    })
 }
 
 #[cfg(test)]

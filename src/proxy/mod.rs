@@ -13,10 +13,14 @@ use std::sync::Arc;
 
 use monoio::net::TcpStream;
 use rustls::ServerConfig;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::config::Timeouts;
 use crate::http::request::Limits;
+use crate::ops::access_log::AccessLog;
+use crate::ops::metrics::{FailReason, WorkerMetrics};
+use crate::ops::ratelimit::{LogLimiter, Verdict};
+use crate::tls::cache;
 use crate::worker::Shutdown;
 
 pub use tls_conn::TlsConn;
@@ -28,6 +32,13 @@ const HANDSHAKE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// share it through an `Rc` (never crosses threads).
 pub struct ListenerCtx {
     pub name: String,
+    /// This listener's position in its config generation: its index in `metrics`.
+    pub index: usize,
+    pub metrics: Rc<WorkerMetrics>,
+    /// The worker's access log, when `[log] access` is on.
+    pub access_log: Option<Rc<AccessLog>>,
+    /// Bounds the worker's log lines about refused handshakes.
+    pub failure_log: Rc<LogLimiter>,
     pub tls: Arc<ServerConfig>,
     /// Verified-chain cache settings; the header bytes of a known chain come from there.
     pub cache: crate::tls::cache::CacheConfig,
@@ -44,6 +55,8 @@ pub struct ListenerCtx {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
+    let started = std::time::Instant::now();
+    let _open = Open::new(ctx.clone());
     let _ = tcp.set_nodelay(true);
     let conn = match rustls::ServerConnection::new(ctx.tls.clone()) {
         Ok(c) => c,
@@ -56,32 +69,94 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
     // A client that does not take our bytes for as long as it may idle is gone for our purposes
     // (the same bound as a client stalling mid-body).
     tls.set_write_timeout(ctx.timeouts.keep_alive);
-    match monoio::time::timeout(ctx.timeouts.handshake, tls.handshake()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            debug!(listener = %ctx.name, %peer, "TLS handshake failed: {e}");
+    let cache_before = cache::stats();
+    let failed = match monoio::time::timeout(ctx.timeouts.handshake, tls.handshake()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some((FailReason::of_io(&e), e.to_string())),
+        Err(_) => Some((
+            FailReason::Timeout,
+            "no finished handshake in time".to_owned(),
+        )),
+    };
+    if let Some((reason, what)) = failed {
+        ctx.metrics.handshake_failed(ctx.index, reason);
+        log_refused(&ctx, peer, reason, &what, tls.rejected_leaf());
+        if reason != FailReason::Timeout {
             // The alert is sent; a client may still be writing the rest of its flight (a
             // TLS 1.2 client writes Certificate, ClientKeyExchange, ChangeCipherSpec and
             // Finished one by one). Closing now would answer those with a reset that destroys
             // the alert before the client reads it, so it would report "broken pipe" instead
             // of why it was refused.
             tls.linger(HANDSHAKE_LINGER).await;
-            return;
         }
-        Err(_) => {
-            debug!(listener = %ctx.name, %peer, "TLS handshake timed out");
-            return;
-        }
+        return;
+    }
+    let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let client_cert = tls.peer_certificates().is_some();
+    ctx.metrics
+        .handshake_done(ctx.index, resumed, client_cert, started.elapsed());
+    // The chain cache is consulted at most once per handshake, inside rustls' call to the
+    // verifier; the worker's thread-local counts say whether it was a hit.
+    let cache_after = cache::stats();
+    if cache_after.hits > cache_before.hits {
+        ctx.metrics.cert_cache(true);
+    } else if cache_after.misses > cache_before.misses {
+        ctx.metrics.cert_cache(false);
     }
     debug!(
         listener = %ctx.name,
         %peer,
         handshake = ?tls.handshake_kind(),
-        client_cert = tls.peer_certificates().is_some(),
+        client_cert,
         "TLS connection established"
     );
     session::Session::new(tls, peer, ctx).run().await;
 }
+
+/// Counts a connection open for as long as it lives.
+struct Open(Rc<ListenerCtx>);
+
+impl Open {
+    fn new(ctx: Rc<ListenerCtx>) -> Self {
+        ctx.metrics.connection_opened(ctx.index);
+        Open(ctx)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.metrics.connection_closed(self.0.index);
+    }
+}
+
+/// One info line per refused handshake, with the reason, the client and the certificate it
+/// presented; under a flood, at most a few per second per worker and a count of the rest.
+fn log_refused(
+    ctx: &ListenerCtx,
+    peer: SocketAddr,
+    reason: FailReason,
+    what: &str,
+    leaf: Option<[u8; 64]>,
+) {
+    let now = std::time::Instant::now();
+    match ctx.failure_log.check(now) {
+        Verdict::Suppress => {}
+        Verdict::Log { suppressed_before } => {
+            if suppressed_before > 0 {
+                info!("{}", ctx.failure_log.summary(suppressed_before));
+            }
+            let sha256 = leaf.as_ref().and_then(|h| std::str::from_utf8(h).ok());
+            info!(
+                listener = %ctx.name,
+                client = %peer,
+                reason = reason.as_str(),
+                client_cert_sha256 = sha256.unwrap_or("-"),
+                "TLS handshake refused: {what}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +187,15 @@ mod tests {
             );
             let ctx = Rc::new(ListenerCtx {
                 name: "size".into(),
+                index: 0,
+                metrics: Rc::new(
+                    crate::ops::metrics::Metrics::new()
+                        .generation(&[], 1)
+                        .pop()
+                        .unwrap(),
+                ),
+                access_log: None,
+                failure_log: Rc::new(LogLimiter::new(1)),
                 tls: config.clone(),
                 cache: crate::tls::cache::CacheConfig::new(0, std::time::Duration::from_secs(1)),
                 pool: Rc::new(upstream::Pool::new("127.0.0.1:9".parse().unwrap())),

@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -21,13 +21,14 @@ use monoio::time::Instant;
 use tracing::debug;
 
 use super::buffers::{self, PooledBuf, Slot};
-use super::error::{effect, ClientError, Effect, ProxyError, UpstreamError};
+use super::error::{effect, upstream_kind, ClientError, Effect, ProxyError, UpstreamError};
 use super::tls_conn::TlsConn;
 use super::upstream::Upstream;
 use super::ListenerCtx;
 use crate::http::request::{self, Inject, RequestHead};
 use crate::http::response::{self, ResponseHead};
 use crate::http::{self, BodyFramer, Parse};
+use crate::ops::access_log::{self, AccessRecord};
 use crate::tls::cache;
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -51,6 +52,51 @@ pub struct Session {
     xfcc_line: Option<Rc<[u8]>>,
     /// Whether any byte of the current response reached the client.
     response_started: bool,
+    peer: SocketAddr,
+    /// What the current exchange did, for the metrics and the access log.
+    tally: Tally,
+    /// Facts about the connection for the access log, made once (only when it is on).
+    info: Option<Box<ConnInfo>>,
+}
+
+#[derive(Default)]
+struct Tally {
+    /// When the first byte of the request head arrived; `None` between exchanges.
+    started: Option<StdInstant>,
+    /// The status sent to the client (the app's or our own); 0 when none was sent.
+    status: u16,
+    /// `client.received` when the exchange began.
+    received_before: u64,
+    bytes_out: u64,
+    /// Request sent to the app → its response head received.
+    upstream: Option<Duration>,
+    /// Method and target as received (only kept for the access log).
+    method: Vec<u8>,
+    target: Vec<u8>,
+}
+
+struct ConnInfo {
+    tls_version: &'static str,
+    resumed: bool,
+    sha256: Option<String>,
+    subject: Option<String>,
+}
+
+impl ConnInfo {
+    fn of(tls: &TlsConn) -> Self {
+        let leaf = tls.peer_certificates().and_then(|chain| chain.first());
+        ConnInfo {
+            tls_version: access_log::tls_version(tls.protocol_version()),
+            resumed: tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            sha256: leaf
+                .map(|der| String::from_utf8_lossy(&crate::xfcc::sha256_hex(der)).into_owned()),
+            subject: leaf.and_then(|der| {
+                x509_parser::parse_x509_certificate(der)
+                    .ok()
+                    .map(|(_, c)| c.subject().to_string())
+            }),
+        }
+    }
 }
 
 /// The client side: its TLS stream and the decrypted bytes not yet consumed (pipelined
@@ -60,6 +106,8 @@ struct Client {
     inbuf: Slot,
     /// Start of the unconsumed part of `inbuf`.
     start: usize,
+    /// Plaintext bytes taken from the client so far (heads and bodies).
+    received: u64,
 }
 
 enum Next {
@@ -96,6 +144,7 @@ impl Client {
 
     fn consume(&mut self, n: usize) {
         self.start += n;
+        self.received += n as u64;
     }
 
     /// Drops consumed bytes so the buffer has room again.
@@ -152,17 +201,25 @@ impl Session {
         let xfcc_line = tls
             .peer_certificates()
             .and_then(|chain| cache::header_for(&ctx.cache, chain));
+        let info = ctx
+            .access_log
+            .is_some()
+            .then(|| Box::new(ConnInfo::of(&tls)));
         Self {
             client: Client {
                 tls,
                 inbuf: Slot::default(),
                 start: 0,
+                received: 0,
             },
             ctx,
             client_addr: peer.ip().to_canonical().to_string().into_bytes(),
             forwarded: request::forwarded_element(peer.ip()),
             xfcc_line,
             response_started: false,
+            peer,
+            tally: Tally::default(),
+            info,
         }
     }
 
@@ -181,11 +238,21 @@ impl Session {
             {
                 break Next::Close;
             }
-            match Box::pin(self.next_exchange()).await {
-                Ok(Next::KeepAlive) => continue,
-                Ok(end) => break end,
+            let result = Box::pin(self.next_exchange()).await;
+            if let Err(e) = &result {
+                self.count_failure(e);
+            }
+            match result {
+                Ok(next) => {
+                    self.finish_exchange();
+                    match next {
+                        Next::KeepAlive => continue,
+                        end => break end,
+                    }
+                }
                 Err(e) => {
                     Box::pin(self.fail(e)).await;
+                    self.finish_exchange();
                     return;
                 }
             }
@@ -198,10 +265,67 @@ impl Session {
 
     /// Reads the next request head and forwards the request.
     async fn next_exchange(&mut self) -> Result<Next, ProxyError> {
+        self.tally.status = 0;
+        self.tally.bytes_out = 0;
+        self.tally.upstream = None;
+        self.tally.received_before = self.client.received;
         match self.read_head().await? {
-            Some(head) => self.exchange(head).await,
+            Some(head) => {
+                if self.info.is_some() {
+                    let buf = self.client.pending();
+                    self.tally.method.clear();
+                    self.tally.method.extend_from_slice(head.method(buf));
+                    self.tally.target.clear();
+                    self.tally.target.extend_from_slice(head.target(buf));
+                }
+                self.exchange(head).await
+            }
             None => Ok(Next::Close),
         }
+    }
+
+    /// Counts a failed exchange's upstream error, if the app (or the way to it) was at fault.
+    fn count_failure(&self, e: &ProxyError) {
+        if let Some(kind) = upstream_kind(e) {
+            self.ctx.metrics.upstream_error(self.ctx.index, kind);
+        }
+    }
+
+    /// Counts the exchange that just ended and writes its access-log line. Exchanges that sent
+    /// no status (the client left first) are not requests anybody was answered.
+    fn finish_exchange(&mut self) {
+        let Some(started) = self.tally.started.take() else {
+            return;
+        };
+        let status = self.tally.status;
+        if status == 0 {
+            return;
+        }
+        let duration = started.elapsed();
+        self.ctx
+            .metrics
+            .request_done(self.ctx.index, status, duration);
+        if let (Some(log), Some(info)) = (&self.ctx.access_log, &self.info) {
+            let record = AccessRecord {
+                ts: SystemTime::now(),
+                listener: &self.ctx.name,
+                client: self.peer,
+                tls_version: info.tls_version,
+                resumed: info.resumed,
+                client_cert_sha256: info.sha256.as_deref(),
+                client_cert_subject: info.subject.as_deref(),
+                method: &self.tally.method,
+                path: &self.tally.target,
+                status,
+                bytes_in: self.client.received - self.tally.received_before,
+                bytes_out: self.tally.bytes_out,
+                duration,
+                upstream: self.tally.upstream,
+            };
+            let _ = log.log(&record);
+        }
+        self.tally.method.clear();
+        self.tally.target.clear();
     }
 
     /// Tells the client what went wrong (see `effect`) and ends the connection.
@@ -209,8 +333,11 @@ impl Session {
         debug!(listener = %self.ctx.name, "exchange failed: {e}");
         match effect(&e, self.response_started) {
             Effect::Respond(status) => {
+                self.tally.status = status;
                 let tls = &mut self.client.tls;
-                let _ = tls.write_plain(http::error_response(status)).await;
+                let response = http::error_response(status);
+                self.tally.bytes_out += response.len() as u64;
+                let _ = tls.write_plain(response).await;
                 tls.linger_close(LINGER).await;
             }
             // Truncated on purpose: no close_notify after a partial response.
@@ -246,6 +373,7 @@ impl Session {
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.client.pending().is_empty() {
+                self.tally.started.get_or_insert_with(StdInstant::now);
                 match request::parse_request(self.client.pending(), &self.ctx.limits) {
                     Ok(Parse::Complete(head)) => return Ok(Some(head)),
                     Ok(Parse::Partial) => {}
@@ -370,6 +498,7 @@ impl Session {
         out: PooledBuf,
     ) -> Attempt {
         let limit = self.ctx.timeouts.upstream_response;
+        let asked = StdInstant::now();
         let (sent, out) = write_up(&mut up.wr, out, limit).await;
         if let Err(e) = sent {
             return Attempt {
@@ -398,7 +527,9 @@ impl Session {
                 }
             }
         }
-        match self.read_response_head(head, up, upbuf, limit).await {
+        let read = self.read_response_head(head, up, upbuf, limit).await;
+        self.tally.upstream = Some(asked.elapsed());
+        match read {
             Ok((resp, upbuf)) => Attempt {
                 result: Ok(Answer {
                     head: resp,
@@ -537,6 +668,8 @@ impl Session {
             out.extend_from_slice(&first[adv.forward]);
             pos += adv.consumed;
         }
+        self.tally.status = resp.status();
+        self.tally.bytes_out += out.len() as u64;
         let tls = &mut self.client.tls;
         tls.write_plain(&out).await.map_err(ClientError::Io)?;
         self.response_started = true;
@@ -550,6 +683,7 @@ impl Session {
             let forward = &upbuf[pos..][adv.forward.clone()];
             for piece in [&out[..], forward] {
                 if !piece.is_empty() {
+                    self.tally.bytes_out += piece.len() as u64;
                     tls.write_plain(piece).await.map_err(ClientError::Io)?;
                 }
             }

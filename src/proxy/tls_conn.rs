@@ -33,6 +33,8 @@ pub struct TlsConn {
     /// write fails at once instead of sending records the client can no longer decrypt in
     /// sequence.
     dead: bool,
+    /// SHA-256 (hex) of the client certificate the verifier refused, for the refusal log line.
+    refused_leaf: Option<[u8; 64]>,
 }
 
 /// Most bytes read and dropped while lingering before a close.
@@ -48,6 +50,7 @@ impl TlsConn {
             tx: Slot::default(),
             write_stall: None,
             dead: false,
+            refused_leaf: None,
         }
     }
 
@@ -61,6 +64,16 @@ impl TlsConn {
     /// The client chain as presented (leaf first); restored from the ticket on resumption.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.tls.peer_certificates()
+    }
+
+    /// The SHA-256 (hex) of the client certificate refused during the handshake, if any.
+    pub fn rejected_leaf(&self) -> Option<[u8; 64]> {
+        self.refused_leaf
+    }
+
+    /// The negotiated TLS version.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.tls.protocol_version()
     }
 
     /// Full or resumed handshake (for the connection log line).
@@ -159,6 +172,9 @@ impl TlsConn {
         let n = self.tls.read_tls(&mut pending)?;
         self.rx_pos += n;
         if let Err(e) = self.tls.process_new_packets() {
+            // Taken synchronously after the verifier ran (a refusal always fails this call):
+            // by the first await another connection of this worker could refuse one too.
+            self.refused_leaf = crate::tls::verify::take_refused_leaf();
             // rustls queued the matching alert; try to deliver it before giving up.
             let _ = self.flush().await;
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));

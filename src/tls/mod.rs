@@ -114,6 +114,8 @@ pub struct ListenerTls {
     pub config: Arc<ServerConfig>,
     /// The listener's cache settings and trust generation, shared with its sessions.
     pub cache: cache::CacheConfig,
+    /// Unix time of the serving certificate's notAfter, for the expiry metric.
+    pub not_after: Option<i64>,
     pub summary: String,
 }
 
@@ -156,6 +158,9 @@ pub fn server_config(
         Some(v) => builder.with_client_cert_verifier(Arc::new(v)),
     };
     let leaf_count = chain.len();
+    let not_after = chain
+        .first()
+        .and_then(|leaf| crate::ops::metrics::cert_not_after(leaf));
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::KeyMismatch {
@@ -196,6 +201,7 @@ pub fn server_config(
     Ok(ListenerTls {
         config: Arc::new(config),
         cache,
+        not_after,
         summary,
     })
 }

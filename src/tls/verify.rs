@@ -19,6 +19,19 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::cache::{self, CacheConfig};
 
+thread_local! {
+    /// The SHA-256 (hex) of the last leaf this worker's verifiers refused. rustls' error does
+    /// not carry the certificate, and the refusal log line should name it: the TLS stream
+    /// takes it right after rustls returns the error, before anything else can run on this
+    /// thread (see `take_refused_leaf`).
+    static REFUSED: std::cell::Cell<Option<[u8; 64]>> = const { std::cell::Cell::new(None) };
+}
+
+/// The hash of the leaf refused by the last failed verification on this thread, if any.
+pub fn take_refused_leaf() -> Option<[u8; 64]> {
+    REFUSED.with(std::cell::Cell::take)
+}
+
 #[derive(Debug)]
 pub struct ClientVerifier {
     mandatory: bool,
@@ -58,26 +71,10 @@ impl ClientVerifier {
             cache,
         })
     }
-}
 
-impl ClientCertVerifier for ClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        match &self.trusted {
-            Some(v) => v.root_hint_subjects(),
-            // No hints: clients then offer whatever certificate they have.
-            None => &[],
-        }
-    }
-
-    fn verify_client_cert(
+    /// Chain length, X.509 well-formedness, then path building (or the cache) when a trust
+    /// store is set.
+    fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -112,6 +109,37 @@ impl ClientCertVerifier for ClientVerifier {
                 Ok(ClientCertVerified::assertion())
             }
         }
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        match &self.trusted {
+            Some(v) => v.root_hint_subjects(),
+            // No hints: clients then offer whatever certificate they have.
+            None => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let verdict = self.verify_chain(end_entity, intermediates, now);
+        if verdict.is_err() {
+            REFUSED.with(|r| r.set(Some(crate::xfcc::sha256_hex(end_entity))));
+        }
+        verdict
     }
 
     fn verify_tls12_signature(

@@ -15,7 +15,19 @@ use tracing::warn;
 
 use super::events::{ConnGauge, ConnGuard, Shutdown};
 use super::{Generation, ListenerPlan, Settings};
+use crate::config::AccessLogFormat;
+use crate::ops::access_log::AccessLog;
+use crate::ops::metrics::WorkerMetrics;
+use crate::ops::ratelimit::LogLimiter;
 use crate::proxy::{self, upstream::Pool, ListenerCtx};
+
+/// Refused-handshake log lines per second and worker before they are only counted.
+const REFUSALS_LOGGED_PER_SECOND: u32 = 20;
+/// How often buffered access-log lines are written out when traffic is light.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
+
+/// The worker's access log, shared with its flush timer; replaced when a reload changes it.
+pub(crate) type AccessLogCell = Rc<RefCell<Option<Rc<AccessLog>>>>;
 
 /// A listener's accept loop, seen from the table.
 struct Active {
@@ -31,6 +43,8 @@ pub(crate) struct Listeners {
     shutdown: Rc<Shutdown>,
     gauge: Rc<ConnGauge>,
     active: Vec<Active>,
+    access_log: AccessLogCell,
+    failure_log: Rc<LogLimiter>,
 }
 
 impl Listeners {
@@ -40,14 +54,51 @@ impl Listeners {
             shutdown,
             gauge,
             active: Vec::new(),
+            access_log: Rc::new(RefCell::new(None)),
+            failure_log: Rc::new(LogLimiter::new(REFUSALS_LOGGED_PER_SECOND)),
+        }
+    }
+
+    pub(crate) fn access_log_cell(&self) -> AccessLogCell {
+        self.access_log.clone()
+    }
+
+    /// Writes out buffered access-log lines (shutdown).
+    pub(crate) fn flush_access_log(&self) {
+        if let Some(log) = self.access_log.borrow().as_ref() {
+            let _ = log.flush();
+        }
+    }
+
+    /// Opens, keeps or closes the access log as `format` says.
+    fn set_access_log(&self, format: AccessLogFormat) {
+        let mut cell = self.access_log.borrow_mut();
+        if cell.as_ref().map(|l| l.format()) == Some(format) {
+            return;
+        }
+        if let Some(old) = cell.take() {
+            let _ = old.flush();
+        }
+        if format == AccessLogFormat::Off {
+            return;
+        }
+        match AccessLog::stdout(format) {
+            Ok(log) => *cell = Some(Rc::new(log)),
+            Err(e) => warn!(
+                worker = self.worker,
+                "cannot open the access log on stdout: {e}"
+            ),
         }
     }
 
     /// Makes `generation` the worker's listener set.
     pub(crate) fn apply(&mut self, generation: Generation) {
         let settings = generation.settings;
+        self.set_access_log(settings.access_log);
+        let metrics = Rc::new(generation.metrics);
         let mut next = Vec::with_capacity(generation.plans.len());
-        for (plan, opened) in generation.plans.into_iter().zip(generation.opened) {
+        let planned = generation.plans.into_iter().zip(generation.opened);
+        for (index, (plan, opened)) in planned.enumerate() {
             let old = self
                 .active
                 .iter()
@@ -59,7 +110,7 @@ impl Listeners {
                 .filter(|p| p.addr() == plan.upstream)
                 .unwrap_or_else(|| Rc::new(Pool::new(plan.upstream)));
             let name = plan.name.clone();
-            let ctx = self.context(plan, pool, &settings);
+            let ctx = self.context(plan, index, &metrics, pool, &settings);
             match (opened, old) {
                 (Some(socket), old) => {
                     if let Some(old) = old {
@@ -93,9 +144,20 @@ impl Listeners {
         self.active = next;
     }
 
-    fn context(&self, plan: ListenerPlan, pool: Rc<Pool>, settings: &Settings) -> Rc<ListenerCtx> {
+    fn context(
+        &self,
+        plan: ListenerPlan,
+        index: usize,
+        metrics: &Rc<WorkerMetrics>,
+        pool: Rc<Pool>,
+        settings: &Settings,
+    ) -> Rc<ListenerCtx> {
         Rc::new(ListenerCtx {
             name: plan.name,
+            index,
+            metrics: metrics.clone(),
+            access_log: self.access_log.borrow().clone(),
+            failure_log: self.failure_log.clone(),
             tls: plan.tls,
             cache: plan.cache,
             pool,
@@ -184,6 +246,21 @@ async fn accept_loop(
                 }
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Writes the worker's buffered access-log lines out every second, so a quiet listener's lines
+/// do not wait for the buffer to fill.
+pub(crate) async fn flush_access_log(cell: AccessLogCell, shutdown: Rc<Shutdown>) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(ACCESS_LOG_FLUSH) => {},
+            _ = shutdown.wait() => return,
+        }
+        let log = cell.borrow().clone();
+        if let Some(log) = log {
+            let _ = log.flush();
         }
     }
 }

@@ -28,8 +28,9 @@ use monoio::net::UnixStream;
 use rustls::ServerConfig;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Timeouts};
+use crate::config::{AccessLogFormat, Config, Timeouts};
 use crate::http::request::Limits;
+use crate::ops::metrics::{IoDriver, ListenerInfo, Metrics, WorkerMetrics};
 use crate::tls::cache::Stats as CacheStats;
 use events::ConnGauge;
 use listeners::Listeners;
@@ -56,6 +57,8 @@ pub struct ListenerPlan {
     pub cache: crate::tls::cache::CacheConfig,
     /// Fingerprint of what decides who is let in (see `app::prepare`).
     pub trust: [u8; 32],
+    /// The serving certificate's notAfter (Unix time), for the expiry metric.
+    pub not_after: Option<i64>,
     pub upstream: SocketAddr,
     /// The upstream as written in the config (`host:port`).
     pub upstream_host: String,
@@ -67,6 +70,7 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub max_connections: usize,
+    pub access_log: AccessLogFormat,
 }
 
 impl Settings {
@@ -78,6 +82,7 @@ impl Settings {
                 max_headers: config.limits.max_headers,
             },
             max_connections: config.limits.max_connections_per_worker,
+            access_log: config.log.access,
         }
     }
 }
@@ -89,6 +94,8 @@ pub(crate) struct Generation {
     /// or moved; `None` keeps the worker's current socket for that listener.
     opened: Vec<Option<std::net::TcpListener>>,
     settings: Settings,
+    /// This worker's counters for this generation's listeners (index-aligned with `plans`).
+    metrics: WorkerMetrics,
 }
 
 enum Command {
@@ -117,6 +124,19 @@ pub struct Server {
     controls: Vec<Control>,
     threads: Vec<JoinHandle<CacheStats>>,
     uring: bool,
+    metrics: Arc<Metrics>,
+}
+
+/// This generation's per-worker counter blocks, one per worker.
+fn counters(metrics: &Metrics, plans: &[ListenerPlan], workers: usize) -> Vec<WorkerMetrics> {
+    let infos: Vec<ListenerInfo> = plans
+        .iter()
+        .map(|p| ListenerInfo {
+            name: p.name.clone(),
+            cert_not_after: p.not_after,
+        })
+        .collect();
+    metrics.generation(&infos, workers)
 }
 
 /// How long a reload waits for every worker to take the new generation.
@@ -178,12 +198,14 @@ impl Server {
                 }
             }
         }
+        let counters = counters(&self.metrics, &plans, workers);
         let (done, acks) = mpsc::channel();
-        for (control, opened) in self.controls.iter_mut().zip(opened) {
+        for ((control, opened), metrics) in self.controls.iter_mut().zip(opened).zip(counters) {
             let generation = Generation {
                 plans: plans.clone(),
                 opened,
                 settings,
+                metrics,
             };
             // A worker that is gone cannot take it; the others still must.
             let _ = control
@@ -252,8 +274,12 @@ fn bind_all(
     Ok((addr, sockets))
 }
 
-/// Binds every listener once per worker and starts the workers.
-pub fn start(config: &Config, plans: Vec<ListenerPlan>) -> Result<Server, WorkerError> {
+/// Binds every listener once per worker and starts the workers, counting into `metrics`.
+pub fn start(
+    config: &Config,
+    plans: Vec<ListenerPlan>,
+    metrics: Arc<Metrics>,
+) -> Result<Server, WorkerError> {
     let workers = config.worker_count();
     let uring = monoio::utils::detect_uring() && std::env::var_os("CERTGATE_EPOLL").is_none();
     if !uring {
@@ -278,7 +304,8 @@ pub fn start(config: &Config, plans: Vec<ListenerPlan>) -> Result<Server, Worker
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut controls = Vec::new();
     let mut threads = Vec::new();
-    for (index, opened) in opened.into_iter().enumerate() {
+    let counters = counters(&metrics, &plans, workers);
+    for ((index, opened), counters) in opened.into_iter().enumerate().zip(counters) {
         let (ours, theirs) = StdUnixStream::pair().map_err(WorkerError::Spawn)?;
         let (commands, receiver) = mpsc::channel();
         controls.push(Control {
@@ -289,11 +316,13 @@ pub fn start(config: &Config, plans: Vec<ListenerPlan>) -> Result<Server, Worker
             plans: plans.clone(),
             opened,
             settings,
+            metrics: counters,
         };
         let pin = config.server.pin_workers.then_some(index % cores);
+        let process = metrics.clone();
         let thread = std::thread::Builder::new()
             .name(format!("certgate-w{index}"))
-            .spawn(move || worker_main(index, pin, uring, first, theirs, receiver))
+            .spawn(move || worker_main(index, pin, uring, first, theirs, receiver, process))
             .map_err(WorkerError::Spawn)?;
         threads.push(thread);
     }
@@ -303,6 +332,7 @@ pub fn start(config: &Config, plans: Vec<ListenerPlan>) -> Result<Server, Worker
         controls,
         threads,
         uring,
+        metrics,
     })
 }
 
@@ -313,6 +343,7 @@ fn worker_main(
     first: Generation,
     wake: StdUnixStream,
     commands: mpsc::Receiver<Command>,
+    metrics: Arc<Metrics>,
 ) -> CacheStats {
     if let Some(cpu) = pin {
         match monoio::utils::bind_to_cpu_set([cpu]) {
@@ -343,6 +374,7 @@ fn worker_main(
             });
         match built {
             Ok(mut rt) => {
+                metrics.process().io_driver(IoDriver::IoUring);
                 rt.block_on(run);
                 return report(index);
             }
@@ -353,7 +385,10 @@ fn worker_main(
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(run),
+        Ok(mut rt) => {
+            metrics.process().io_driver(IoDriver::Epoll);
+            rt.block_on(run)
+        }
         Err(e) => warn!("cannot build a worker runtime: {e}"),
     }
     report(index)
@@ -385,6 +420,10 @@ async fn worker_loop(
     let grace = first.settings.timeouts.shutdown_grace;
     let mut table = Listeners::new(index, shutdown.clone(), gauge.clone());
     table.apply(first);
+    monoio::spawn(listeners::flush_access_log(
+        table.access_log_cell(),
+        shutdown.clone(),
+    ));
     debug!(worker = index, "worker running");
 
     match UnixStream::from_std(wake) {
@@ -411,6 +450,7 @@ async fn worker_loop(
     }
     shutdown.trigger();
     table.clear_pools();
+    table.flush_access_log();
     let grace = table.shutdown_grace().unwrap_or(grace);
     // Drain: in-flight exchanges finish, idle connections close as they notice the flag.
     let drained = monoio::time::timeout(grace, async {
