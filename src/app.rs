@@ -12,6 +12,7 @@ use tracing::warn;
 
 use crate::config::{Config, ConfigError, Listener};
 use crate::ops::metrics::Metrics;
+use crate::tls::tickets::{TicketKeyError, TicketKeys};
 use crate::tls::{self, TlsError};
 use crate::worker::{self, ListenerPlan, Server, Settings, WorkerError};
 
@@ -21,6 +22,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    TicketKeys(#[from] TicketKeyError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
 }
@@ -46,7 +49,15 @@ pub fn prepare(config: Config) -> Result<Prepared, StartupError> {
 /// [`prepare`] for a reload, where `previous` is the running generation: a
 /// listener whose trust is unchanged keeps its session-ticket key, TLS 1.2 session cache and
 /// verified-chain cache, so a certificate rotation does not cost every client a full handshake.
+///
+/// With `[server] ticket_keys`, each listener's ticket keys are derived afresh from the file,
+/// its name and its trust, at every load: the same inputs give the same keys, in this process
+/// and in every replica reading the same file.
 pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepared, StartupError> {
+    let ticket_keys = match &config.server.ticket_keys {
+        Some(path) => Some(TicketKeys::load(path)?),
+        None => None,
+    };
     let mut plans = Vec::new();
     let mut summaries = Vec::new();
     for listener in &config.listeners {
@@ -61,10 +72,27 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
                 config.server.cert_cache_ttl,
             ),
         };
-        let mut built = tls::server_config(listener, config.limits.max_client_cert_chain, cache)?;
+        let ticketer = match (&ticket_keys, same_trust) {
+            (Some(keys), _) => Some(keys.ticketer(&listener.name, &trust)),
+            (None, Some(p)) => Some(p.tls.ticketer.clone()),
+            (None, None) => None,
+        };
+        let mut built = tls::server_config_with(
+            listener,
+            config.limits.max_client_cert_chain,
+            cache,
+            ticketer,
+        )?;
         if let (Some(p), Some(fresh)) = (same_trust, Arc::get_mut(&mut built.config)) {
-            fresh.ticketer = p.tls.ticketer.clone();
             fresh.session_storage = p.tls.session_storage.clone();
+        }
+        if let (Some(keys), true) = (&ticket_keys, listener.session_resumption) {
+            built.summary.push_str(&format!(
+                "; ticket_keys={} ({} key(s), encrypting with {})",
+                keys.path().display(),
+                keys.names().len(),
+                keys.encrypting(),
+            ));
         }
         summaries.push(built.summary);
         plans.push(ListenerPlan {

@@ -93,7 +93,7 @@ pub struct Log {
 }
 
 /// `[server]`: process-wide settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
     /// 0 = one worker per available CPU core (see [`Config::worker_count`]).
     pub workers: usize,
@@ -104,6 +104,9 @@ pub struct Server {
     /// How often the config file and every file it names are checked for changed contents;
     /// zero (the default) = never, reload only on SIGHUP.
     pub reload_interval: Duration,
+    /// Session-ticket key file shared by replicas (see [`crate::tls::tickets`]); resolved
+    /// against the config file's directory. `None`: a random key per listener and process.
+    pub ticket_keys: Option<PathBuf>,
 }
 
 impl Default for Server {
@@ -114,6 +117,7 @@ impl Default for Server {
             cert_cache_size: 1024,
             cert_cache_ttl: Duration::from_secs(300),
             reload_interval: Duration::ZERO,
+            ticket_keys: None,
         }
     }
 }
@@ -262,11 +266,11 @@ impl Config {
         file.into_config(base_dir)
     }
 
-    /// Every file the config names (certificates, keys, client CAs), each once, in config
-    /// order. The config file itself is not included: the caller knows its path. A reload
-    /// watcher hashes the config file plus these to notice a rotation.
+    /// Every file the config names (session-ticket keys, certificates, keys, client CAs), each
+    /// once, in config order. The config file itself is not included: the caller knows its
+    /// path. A reload watcher hashes the config file plus these to notice a rotation.
     pub fn files(&self) -> Vec<&Path> {
-        let mut files: Vec<&Path> = Vec::new();
+        let mut files: Vec<&Path> = self.server.ticket_keys.as_deref().into_iter().collect();
         for l in &self.listeners {
             let named = [
                 Some(l.cert.as_path()),
@@ -358,6 +362,7 @@ struct FileServer {
     cert_cache_size: Option<usize>,
     cert_cache_ttl: Option<toml::Value>,
     reload_interval: Option<toml::Value>,
+    ticket_keys: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -443,7 +448,7 @@ fn positive_duration(
 
 impl FileConfig {
     fn into_config(self, base_dir: &Path) -> Result<Config, ConfigError> {
-        let server = self.server.into_server()?;
+        let server = self.server.into_server(base_dir)?;
         let timeouts = self.timeouts.into_timeouts()?;
         let limits = self.limits.into_limits()?;
         if self.listeners.is_empty() {
@@ -493,7 +498,7 @@ impl FileConfig {
 }
 
 impl FileServer {
-    fn into_server(self) -> Result<Server, ConfigError> {
+    fn into_server(self, base_dir: &Path) -> Result<Server, ConfigError> {
         let d = Server::default();
         let workers = self.workers.unwrap_or(d.workers);
         if workers > MAX_WORKERS {
@@ -517,6 +522,16 @@ impl FileServer {
                 "server.reload_interval",
                 d.reload_interval,
             )?,
+            ticket_keys: match self.ticket_keys {
+                Some(path) if path.as_os_str().is_empty() => {
+                    return Err(ConfigError::invalid(
+                        "server.ticket_keys",
+                        "must not be empty: name a key file, or leave the key out",
+                    ))
+                }
+                Some(path) => Some(base_dir.join(path)),
+                None => None,
+            },
         })
     }
 }

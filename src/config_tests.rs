@@ -27,6 +27,7 @@ pin_workers = false
 cert_cache_size = 16
 cert_cache_ttl = "90s"
 reload_interval = "30s"
+ticket_keys = "keys/tickets.key"
 
 [timeouts]
 handshake = "3s"
@@ -78,6 +79,7 @@ fn full_file_parses_with_every_value() {
             cert_cache_size: 16,
             cert_cache_ttl: Duration::from_secs(90),
             reload_interval: Duration::from_secs(30),
+            ticket_keys: Some(PathBuf::from("/etc/certgate/keys/tickets.key")),
         }
     );
     assert_eq!(
@@ -411,6 +413,35 @@ fn files_lists_every_named_file_once_in_config_order() {
             Path::new("/etc/certgate/other.key"),
         ]
     );
+}
+
+#[test]
+fn ticket_keys_is_resolved_listed_first_in_files_and_reloadable() {
+    let c = parse(&format!(
+        "[server]\nticket_keys = \"tickets.key\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.server.ticket_keys.as_deref(),
+        Some(Path::new("/etc/certgate/tickets.key"))
+    );
+    assert_eq!(
+        c.files(),
+        [
+            Path::new("/etc/certgate/tickets.key"),
+            Path::new("/etc/certgate/server.pem"),
+            Path::new("/etc/certgate/server.key"),
+        ]
+    );
+    let abs = parse(&format!("[server]\nticket_keys = \"/run/k\"\n{MINIMAL}")).unwrap();
+    assert_eq!(abs.server.ticket_keys.as_deref(), Some(Path::new("/run/k")));
+    // A rotated or newly named key file takes effect on reload.
+    assert!(parse(MINIMAL).unwrap().restart_only_changes(&c).is_empty());
+    let e = err(&format!("[server]\nticket_keys = \"\"\n{MINIMAL}"));
+    assert!(e.contains("server.ticket_keys"), "{e}");
+    // A value of the wrong type is a parse error at its line, like any other path key.
+    let e = err(&format!("[server]\nticket_keys = 3\n{MINIMAL}"));
+    assert!(e.contains("line 2") && e.contains("path"), "{e}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The `certgate` command line: run a config, check it, or start the demo.
+//! The `certgate` command line: run a config, check it, make session-ticket keys, or start the
+//! demo.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +51,32 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8443")]
         bind: std::net::SocketAddr,
     },
+    /// Make or rotate the session-ticket key file that `[server] ticket_keys` names.
+    Tickets {
+        #[command(subcommand)]
+        action: TicketsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TicketsCommand {
+    /// Write a new key file holding one fresh key, mode 0600. Never overwrites a file.
+    New {
+        /// The key file to create.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Put a fresh key first (it encrypts after the next reload) and keep the newest previous
+    /// keys after it for decryption. Replaces the file atomically, mode 0600.
+    Rotate {
+        /// The key file to rotate.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Keys in the file afterwards, the new one included (at least 2).
+        #[arg(long, value_name = "N", default_value_t = certgate::tls::tickets::DEFAULT_KEEP,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
+        keep: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +90,7 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text);
             demo(bind)
         }
+        Some(Command::Tickets { action }) => tickets(action),
         // `run` logs in the format its config asks for, so it starts logging once loaded.
         None => run(cli.config),
     }
@@ -106,6 +134,41 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         println!("  {line}");
     }
     ExitCode::SUCCESS
+}
+
+/// `certgate tickets new|rotate`: one line on stdout saying what changed, or one error line.
+fn tickets(action: TicketsCommand) -> ExitCode {
+    use certgate::tls::tickets;
+    match action {
+        TicketsCommand::New { file } => match tickets::create(&file) {
+            Ok(name) => {
+                println!(
+                    "{}: created with one key ({name}), mode 0600",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        TicketsCommand::Rotate { file, keep } => match tickets::rotate(&file, keep) {
+            Ok(r) => {
+                let dropped = match r.dropped {
+                    0 => String::new(),
+                    n => format!(", dropped {n} older"),
+                };
+                println!(
+                    "{}: new key {} encrypts after the next reload; kept {} previous key(s) for \
+                     decryption{dropped}; {} key(s) in all",
+                    file.display(),
+                    r.new,
+                    r.kept.len(),
+                    r.kept.len() + 1,
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    }
 }
 
 fn run(config: Option<PathBuf>) -> ExitCode {

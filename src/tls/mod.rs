@@ -4,13 +4,14 @@
 //! Certificate and key files are read and checked here, and every failure names the file.
 
 pub mod cache;
+pub mod tickets;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
+use rustls::server::{NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -119,11 +120,24 @@ pub struct ListenerTls {
     pub summary: String,
 }
 
-/// Builds the rustls config for one listener. Slow and thorough: reads and validates every file.
+/// Builds the rustls config for one listener, with a fresh random session-ticket key. Slow and
+/// thorough: reads and validates every file.
 pub fn server_config(
     listener: &Listener,
     max_client_chain: usize,
     cache: cache::CacheConfig,
+) -> Result<ListenerTls, TlsError> {
+    server_config_with(listener, max_client_chain, cache, None)
+}
+
+/// [`server_config`] with the listener's ticketer given: keys shared through `ticket_keys`
+/// ([`tickets::TicketKeys::ticketer`]) or the previous generation's. `None`: a fresh random one.
+/// Ignored when the listener does not resume sessions.
+pub fn server_config_with(
+    listener: &Listener,
+    max_client_chain: usize,
+    cache: cache::CacheConfig,
+    ticketer: Option<Arc<dyn ProducesTickets>>,
 ) -> Result<ListenerTls, TlsError> {
     let provider = provider();
     let chain = load_certs(&listener.cert)?;
@@ -176,9 +190,13 @@ pub fn server_config(
     if listener.session_resumption {
         // One ticketer per listener, shared by every worker of it: a client resumes on any
         // worker, but never across listeners, so a ticket issued under a laxer client-cert
-        // policy cannot skip a stricter one (nginx CVE-2025-23419).
-        config.ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| setup(format!("session ticketer: {e}")))?;
+        // policy cannot skip a stricter one (nginx CVE-2025-23419). Keys shared through
+        // `ticket_keys` are derived per listener and trust for the same reason.
+        config.ticketer = match ticketer {
+            Some(ticketer) => ticketer,
+            None => rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| setup(format!("session ticketer: {e}")))?,
+        };
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     } else {
         config.session_storage = Arc::new(NoServerSessionStorage {});

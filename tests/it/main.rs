@@ -9,4 +9,5 @@ mod modes;
 mod proxying;
 mod relay;
 mod support;
+mod tickets;
 mod tools;
