@@ -55,6 +55,7 @@ fn injection(c: &mut Criterion) {
                     forwarded: b"for=203.0.113.7;proto=https",
                     xfcc_line: Some(&prebuilt),
                     upstream_host: b"app.internal:8080",
+                    upgrade: false,
                 };
                 h.write_upstream(head, &inject, &mut out);
                 std::hint::black_box(out.len())
@@ -72,6 +73,7 @@ fn injection(c: &mut Criterion) {
                     forwarded: b"for=203.0.113.7;proto=https",
                     xfcc_line: Some(&prebuilt),
                     upstream_host: b"app.internal:8080",
+                    upgrade: false,
                 };
                 parsed.write_upstream(head, &inject, &mut out);
                 std::hint::black_box(out.len())
@@ -95,6 +97,7 @@ fn injection(c: &mut Criterion) {
                         forwarded: b"for=203.0.113.7;proto=https",
                         xfcc_line: Some(&line),
                         upstream_host: b"app.internal:8080",
+                        upgrade: false,
                     };
                     h.write_upstream(head, &inject, &mut out);
                     std::hint::black_box(out.len())

@@ -104,6 +104,10 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
             not_after: built.not_after,
             upstream: listener.upstream,
             upstream_host: listener.upstream_authority.clone(),
+            upgrade: listener.upgrade.clone(),
+            verifies_clients: listener.client_ca.is_some(),
+            protocol: listener.protocol,
+            upstream_proxy_protocol: listener.upstream_proxy_protocol,
         });
     }
     Ok(Prepared {

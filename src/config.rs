@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::proxy_header::ProxyVersion;
+
 /// The HTTP parser keeps header slots in a fixed array of this size, so `max_headers` can't exceed it.
 pub const MAX_HEADERS_CEILING: usize = 128;
 /// Smaller header budgets would reject ordinary browser requests.
@@ -137,6 +139,8 @@ pub struct Timeouts {
     pub upstream_response: Duration,
     /// Drain time on SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// An upgraded connection (WebSocket) with no byte in either direction this long closes.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -148,6 +152,7 @@ impl Default for Timeouts {
             upstream_connect: Duration::from_secs(5),
             upstream_response: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            tunnel_idle: Duration::from_secs(3600),
         }
     }
 }
@@ -195,6 +200,23 @@ pub struct Listener {
     pub upstream_authority: String,
     /// false: no session tickets and no session cache.
     pub session_resumption: bool,
+    /// Protocols a client may upgrade to (`Upgrade` tokens, lowercase); others are stripped.
+    pub upgrade: Vec<String>,
+    /// What the decrypted stream is: HTTP/1.1 requests, or bytes relayed as they are.
+    pub protocol: ListenerProtocol,
+    /// The PROXY header sent first on each upstream connection (`tcp` listeners).
+    pub upstream_proxy_protocol: ProxyVersion,
+}
+
+/// `listener.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 exchanges with the identity headers.
+    #[default]
+    Http,
+    /// The decrypted stream relayed to the upstream both ways; identity in the PROXY header.
+    Tcp,
 }
 
 /// Why the configuration could not be loaded. Each variant names what to fix.
@@ -391,6 +413,7 @@ struct FileTimeouts {
     upstream_connect: Option<toml::Value>,
     upstream_response: Option<toml::Value>,
     shutdown_grace: Option<toml::Value>,
+    tunnel_idle: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -414,6 +437,11 @@ struct FileListener {
     client_ca: Option<PathBuf>,
     upstream: String,
     session_resumption: Option<bool>,
+    upgrade: Option<Vec<String>>,
+    #[serde(default)]
+    protocol: ListenerProtocol,
+    #[serde(default)]
+    upstream_proxy_protocol: ProxyVersion,
 }
 
 /// A duration value: a string with a unit, parsed by humantime. `key` is the dotted path.
@@ -590,6 +618,11 @@ impl FileTimeouts {
                 "timeouts.shutdown_grace",
                 d.shutdown_grace,
             )?,
+            tunnel_idle: positive_duration(
+                self.tunnel_idle,
+                "timeouts.tunnel_idle",
+                d.tunnel_idle,
+            )?,
         })
     }
 }
@@ -673,6 +706,33 @@ impl FileListener {
                 ),
             )
         })?;
+        let upgrade = match self.upgrade {
+            None => vec!["websocket".to_owned()],
+            Some(list) => {
+                let mut tokens = Vec::with_capacity(list.len());
+                for token in list {
+                    let lower = token.trim().to_ascii_lowercase();
+                    if lower.is_empty() || !lower.bytes().all(is_token_char) {
+                        return Err(ConfigError::invalid(
+                            key("upgrade"),
+                            format!("{token:?} is not a protocol name (e.g. \"websocket\")"),
+                        ));
+                    }
+                    tokens.push(lower);
+                }
+                tokens
+            }
+        };
+        if self.protocol == ListenerProtocol::Http
+            && self.upstream_proxy_protocol != ProxyVersion::Off
+        {
+            // A pooled upstream connection carries requests of many clients, so one header
+            // per connection cannot name the client; not supported on HTTP listeners yet.
+            return Err(ConfigError::invalid(
+                key("upstream_proxy_protocol"),
+                "is only supported with protocol = \"tcp\" (HTTP listeners forward the client in X-Forwarded-For and Forwarded)",
+            ));
+        }
         Ok(Listener {
             name,
             bind,
@@ -683,8 +743,16 @@ impl FileListener {
             upstream,
             upstream_authority,
             session_resumption: self.session_resumption.unwrap_or(true),
+            upgrade,
+            protocol: self.protocol,
+            upstream_proxy_protocol: self.upstream_proxy_protocol,
         })
     }
+}
+
+/// RFC 9110 token characters (protocol names in `Upgrade`).
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// host:port → the first address the resolver returns.

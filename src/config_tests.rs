@@ -104,6 +104,7 @@ fn full_file_parses_with_every_value() {
             upstream_connect: Duration::from_secs(1),
             upstream_response: Duration::from_secs(45),
             shutdown_grace: Duration::ZERO,
+            tunnel_idle: Duration::from_secs(3600),
         }
     );
     assert_eq!(
@@ -466,4 +467,25 @@ fn restart_only_changes_names_the_keys() {
             "log.format"
         ]
     );
+}
+
+#[test]
+fn upgrade_defaults_to_websocket_and_rejects_non_tokens() {
+    let base = "[[listener]]\nbind = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nupstream = \"127.0.0.1:8080\"\n";
+    let c = parse(base).unwrap();
+    assert_eq!(c.listeners[0].upgrade, vec!["websocket".to_owned()]);
+    assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
+    let c = parse(&format!("{base}upgrade = [\"WebSocket\", \"h2c\"]\n")).unwrap();
+    assert_eq!(
+        c.listeners[0].upgrade,
+        vec!["websocket".to_owned(), "h2c".to_owned()]
+    );
+    let e = parse(&format!("{base}upgrade = [\"web socket\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("listener[0].upgrade"), "{e}");
+    let e = parse(&format!("[timeouts]\ntunnel_idle = \"0s\"\n{base}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timeouts.tunnel_idle"), "{e}");
 }

@@ -16,6 +16,7 @@ pub mod ops;
 #[cfg(any(test, feature = "demo"))]
 pub mod pki;
 pub mod proxy;
+pub mod proxy_header;
 pub mod tls;
 pub mod worker;
 pub mod xfcc;

@@ -98,6 +98,7 @@ fuzz_target!(|data: &[u8]| {
             forwarded: FORWARDED,
             xfcc_line: xfcc,
             upstream_host: b"app.internal:8080",
+            upgrade: false,
         };
         let mut out = Vec::new();
         head.write_upstream(data, &inject, &mut out);

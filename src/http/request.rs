@@ -46,6 +46,9 @@ pub struct Inject<'a> {
     /// `Host` for an HTTP/1.0 request that carried none: the upstream request is HTTP/1.1,
     /// which requires one (RFC 9112 §3.2). The upstream's authority, as configured.
     pub upstream_host: &'a [u8],
+    /// Forward the request's upgrade ([`RequestHead::upgrade`]): the listener allows it (see
+    /// [`upgrade_permitted`]). Otherwise `Upgrade` is stripped like any hop-by-hop field.
+    pub upgrade: bool,
 }
 
 // Header classification, assigned once at parse time (`Field::kind`).
@@ -57,6 +60,7 @@ const CONNECTION: u8 = 4;
 const EXPECT: u8 = 5;
 const X_FORWARDED_FOR: u8 = 6;
 const FORWARDED: u8 = 8;
+const UPGRADE: u8 = 9;
 /// Never forwarded: hop-by-hop, proxy-managed, or an underscore spelling of a name we manage.
 const DROP: u8 = 7;
 
@@ -80,7 +84,7 @@ const KNOWN: [(&[u8], u8); 15] = [
     (b"proxy-connection", DROP),
     (b"te", DROP),
     (b"trailer", DROP),
-    (b"upgrade", DROP),
+    (b"upgrade", UPGRADE),
 ];
 
 fn classify(name: &[u8]) -> u8 {
@@ -111,6 +115,8 @@ pub struct RequestHead {
     connection_lists_names: bool,
     /// Whether the client sent a `Host` (always, for HTTP/1.1; see `Inject::upstream_host`).
     has_host: bool,
+    /// The `Upgrade` value of a request that asks to switch protocols (see `upgrade`).
+    upgrade: Option<Span>,
     body: RequestBody,
     fields: Fields,
 }
@@ -153,6 +159,14 @@ impl RequestHead {
     /// The request-target as sent.
     pub fn target<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         self.target.get(buf)
+    }
+
+    /// The protocols a request asks to switch to (`Upgrade`'s value), when it really asks:
+    /// HTTP/1.1, `Connection` lists `upgrade`, exactly one `Upgrade` field, and no body (a
+    /// body would have to be read before the switch, and no upgrade the proxy relays needs
+    /// one).
+    pub fn upgrade<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.upgrade.map(|s| s.get(buf))
     }
 
     /// The `Host` value (trimmed), if present.
@@ -221,6 +235,10 @@ impl RequestHead {
             // The proxy re-encodes the body with its own chunk framing (see `chunked`).
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
+        if let (true, Some(protocols)) = (inject.upgrade, self.upgrade) {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+            write_field(out, b"Upgrade", protocols.get(buf));
+        }
 
         out.extend_from_slice(b"X-Forwarded-For: ");
         for f in self.fields.iter().filter(|f| f.kind == X_FORWARDED_FOR) {
@@ -248,6 +266,24 @@ impl RequestHead {
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Whether a listener that allows the protocols `allowed` (lowercase names, e.g. `websocket`)
+/// may forward an upgrade to `protocols` (an `Upgrade` value): every protocol offered must be
+/// allowed, by name, whatever its version (`websocket`, `WebSocket/13`).
+pub fn upgrade_permitted(protocols: &[u8], allowed: &[String]) -> bool {
+    let mut any = false;
+    for offered in list_items(protocols) {
+        let name = offered.split(|b| *b == b'/').next().unwrap_or(offered);
+        if !allowed
+            .iter()
+            .any(|a| name.eq_ignore_ascii_case(a.as_bytes()))
+        {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// The proxy's `Forwarded` element for a client at `ip` (RFC 7239 §6: an IPv6 address is
@@ -330,6 +366,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, 
     let mut close = false;
     let mut keep_alive_token = false;
     let mut connection_lists_names = false;
+    let mut connection_upgrade = false;
+    let mut upgrade_fields = 0usize;
+    let mut upgrade = None;
     let mut expect_continue = false;
 
     for h in req.headers.iter() {
@@ -353,9 +392,14 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, 
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive_token = true;
                     } else {
+                        connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
                         connection_lists_names = true;
                     }
                 }
+            }
+            UPGRADE => {
+                upgrade_fields += 1;
+                upgrade = Some(Span::of(buf, v));
             }
             EXPECT => {
                 if !v.eq_ignore_ascii_case(b"100-continue") {
@@ -414,6 +458,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parse<RequestHead>, 
         expect_continue: expect_continue && !http10,
         connection_lists_names,
         has_host: hosts > 0,
+        upgrade: upgrade.filter(|_| {
+            connection_upgrade && upgrade_fields == 1 && !http10 && body == RequestBody::None
+        }),
         body,
         fields,
     }))

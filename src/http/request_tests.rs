@@ -34,6 +34,7 @@ fn upstream_with(bytes: &[u8], xfcc: Option<&[u8]>) -> String {
             forwarded: b"for=203.0.113.7;proto=https",
             xfcc_line: xfcc,
             upstream_host: b"app.internal:8080",
+            upgrade: false,
         },
         &mut out,
     );
@@ -304,6 +305,7 @@ fn accepts_htab_and_obs_text_in_value() {
         forwarded: b"for=1.2.3.4;proto=https",
         xfcc_line: None,
         upstream_host: b"app.internal:8080",
+        upgrade: false,
     };
     head.write_upstream(req, &inject, &mut out);
     assert!(out.windows(8).any(|w| w == b"X: b\tc\xe9\r"));
@@ -722,6 +724,7 @@ fn write_upstream_appends_without_clearing() {
         forwarded: b"for=\"[::1]\";proto=https",
         xfcc_line: None,
         upstream_host: b"app.internal:8080",
+        upgrade: false,
     };
     head.write_upstream(req, &inject, &mut out);
     assert!(out.starts_with(b"prefixGET / HTTP/1.1\r\n"));
@@ -793,4 +796,75 @@ fn header_count(head: &str, name: &str) -> usize {
                 .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
         })
         .count()
+}
+
+// ----- Upgrade ------------------------------------------------------------------------------
+
+fn upstream_upgrading(bytes: &[u8]) -> String {
+    let head = ok(bytes);
+    let mut out = Vec::new();
+    head.write_upstream(
+        bytes,
+        &Inject {
+            client_addr: b"203.0.113.7",
+            forwarded: b"for=203.0.113.7;proto=https",
+            xfcc_line: None,
+            upstream_host: b"app.internal:8080",
+            upgrade: head.upgrade(bytes).is_some(),
+        },
+        &mut out,
+    );
+    String::from_utf8(out).unwrap()
+}
+
+const WS: &[u8] = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[test]
+fn websocket_upgrade_is_recognised_and_forwarded_when_allowed() {
+    let head = ok(WS);
+    assert_eq!(head.upgrade(WS), Some(&b"websocket"[..]));
+    let up = upstream_upgrading(WS);
+    assert!(
+        up.contains("\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"),
+        "{up}"
+    );
+    assert!(
+        up.contains("\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+        "{up}"
+    );
+    assert_eq!(up.matches("onnection:").count(), 1, "{up}");
+}
+
+#[test]
+fn upgrade_is_stripped_when_not_allowed() {
+    let up = upstream(WS);
+    assert!(!up.to_ascii_lowercase().contains("upgrade"), "{up}");
+}
+
+#[test]
+fn upgrade_needs_connection_upgrade_one_field_http11_and_no_body() {
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 1\r\n\r\nx",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade_: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUp_grade: websocket\r\n\r\n",
+    ] {
+        let head = ok(req);
+        assert_eq!(head.upgrade(req), None, "{}", String::from_utf8_lossy(req));
+        let up = upstream_upgrading(req);
+        assert!(!up.contains("Upgrade:"), "{up}");
+    }
+}
+
+#[test]
+fn upgrade_permitted_checks_every_offered_protocol() {
+    let allowed = vec!["websocket".to_owned()];
+    assert!(upgrade_permitted(b"websocket", &allowed));
+    assert!(upgrade_permitted(b"WebSocket/13", &allowed));
+    assert!(!upgrade_permitted(b"websocket, h2c", &allowed));
+    assert!(!upgrade_permitted(b"h2c", &allowed));
+    assert!(!upgrade_permitted(b"", &allowed));
+    assert!(!upgrade_permitted(b"websocket", &[]));
 }

@@ -24,6 +24,8 @@ const TRANSFER_ENCODING: u8 = 2;
 const CONNECTION: u8 = 3;
 /// Hop-by-hop fields never forwarded to the client.
 const HOP: u8 = 4;
+/// `Upgrade`: hop-by-hop, except in the 101 that accepts an upgrade the client asked for.
+const UPGRADE: u8 = 5;
 
 fn classify(name: &[u8]) -> u8 {
     // Exact (case-insensitive) names: responses go to clients, which do not fold `_` into `-`
@@ -36,7 +38,7 @@ fn classify(name: &[u8]) -> u8 {
         (b"proxy-connection", HOP),
         (b"te", HOP),
         (b"trailer", HOP),
-        (b"upgrade", HOP),
+        (b"upgrade", UPGRADE),
     ];
     NAMES
         .iter()
@@ -55,6 +57,8 @@ pub struct ResponseHead {
     content_length: Option<u64>,
     upstream_keep_alive: bool,
     connection_lists_names: bool,
+    /// A 101 accepting the upgrade the request asked for: the connection becomes a tunnel.
+    switching: bool,
     fields: Fields,
 }
 
@@ -71,11 +75,17 @@ impl ResponseHead {
     /// 1xx other than 101: forwarded (to HTTP/1.1 clients only — RFC 9110 §15.2 forbids sending
     /// 1xx to an HTTP/1.0 client, so the caller drops it for those), then another head follows.
     pub fn is_informational(&self) -> bool {
-        (100..200).contains(&self.status)
+        (100..200).contains(&self.status) && !self.switching
     }
 
     pub fn body(&self) -> &ResponseBody {
         &self.body
+    }
+
+    /// A `101 Switching Protocols` accepting the requested upgrade: after this head both
+    /// connections carry the new protocol, relayed as bytes.
+    pub fn is_switching(&self) -> bool {
+        self.switching
     }
 
     /// The upstream connection may be reused after the body: HTTP/1.1, no `Connection: close`,
@@ -145,12 +155,15 @@ impl ResponseHead {
                     }
                 }
                 TRANSFER_ENCODING if forward_te => write_field(out, name, f.value.get(buf)),
+                UPGRADE if self.switching => write_field(out, name, f.value.get(buf)),
                 // CONNECTION, HOP, and TRANSFER_ENCODING when not forwarded: hop-by-hop.
                 _ => {}
             }
         }
 
-        if !informational {
+        if self.switching {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+        } else if !informational {
             if !self.client_can_keep_alive(client_keep_alive, client_http10) {
                 out.extend_from_slice(b"Connection: close\r\n");
             } else if client_http10 {
@@ -169,10 +182,30 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Parses an upstream response head from the start of `buf`. `request_was_head` selects the
-/// HEAD framing rule (no body whatever the headers say).
+/// HEAD framing rule (no body whatever the headers say). A 101 is an error: no upgrade was
+/// asked for.
 pub fn parse_response(
     buf: &[u8],
     request_was_head: bool,
+    limits: &Limits,
+) -> Result<Parse<ResponseHead>, HttpError> {
+    parse(buf, request_was_head, false, limits)
+}
+
+/// [`parse_response`] for a request that asked to upgrade: a 101 that names the protocol in
+/// `Upgrade` switches the connection ([`ResponseHead::is_switching`]); any other final status
+/// is an ordinary response, and the connection stays HTTP.
+pub fn parse_upgrade_response(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Parse<ResponseHead>, HttpError> {
+    parse(buf, false, true, limits)
+}
+
+fn parse(
+    buf: &[u8],
+    request_was_head: bool,
+    upgrade_requested: bool,
     limits: &Limits,
 ) -> Result<Parse<ResponseHead>, HttpError> {
     let max_head = limits.max_head_bytes.min(u32::MAX as usize);
@@ -207,8 +240,9 @@ pub fn parse_response(
     if !(100..=599).contains(&status) {
         return Err(HttpError::UpstreamMalformed);
     }
-    // The proxy never forwards `Upgrade`, so a switch it did not ask for is a broken upstream.
-    if status == 101 {
+    // A switch nobody asked for is a broken upstream.
+    let switching = status == 101;
+    if switching && !upgrade_requested {
         return Err(HttpError::UpstreamSwitchingProtocols);
     }
     // httparse hands back a static "" for reasons it cannot return as text; keep it empty.
@@ -222,12 +256,14 @@ pub fn parse_response(
     let mut has_te = false;
     let mut close = false;
     let mut connection_lists_names = false;
+    let mut upgrades = 0usize;
     for h in resp.headers.iter() {
         let (kind, v) = fields.record(buf, h, classify);
         match kind {
             CONTENT_LENGTH => merge_content_length(v, &mut content_length)
                 .map_err(|_| HttpError::UpstreamBadFraming)?,
             TRANSFER_ENCODING => has_te = true,
+            UPGRADE => upgrades += 1,
             CONNECTION => {
                 for token in list_items(v) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -241,6 +277,10 @@ pub fn parse_response(
         }
     }
 
+    // RFC 9110 §15.2.2: the 101 says what it switches to, in exactly one Upgrade field.
+    if switching && upgrades != 1 {
+        return Err(HttpError::UpstreamSwitchingProtocols);
+    }
     // Why: an upstream sending both could be read differently by the client and by us;
     // RFC 9112 §6.3 allows treating it as an error, which a proxy should.
     if has_te && content_length.is_some() {
@@ -273,8 +313,9 @@ pub fn parse_response(
         reason,
         body,
         content_length,
-        upstream_keep_alive: !http10 && !close && body != ResponseBody::UntilClose,
+        upstream_keep_alive: !http10 && !close && body != ResponseBody::UntilClose && !switching,
         connection_lists_names,
+        switching,
         fields,
     }))
 }

@@ -350,3 +350,49 @@ fn client_rewrite_reparses_cleanly() {
     assert_eq!(*h.body(), ResponseBody::Length(2));
     assert_eq!(h.head_len(), out.len());
 }
+
+#[test]
+fn switching_protocols_to_an_upgrade_request_becomes_a_tunnel() {
+    let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nframe";
+    let h = match parse_upgrade_response(resp, &Limits::default()) {
+        Ok(Parse::Complete(h)) => h,
+        other => panic!("{other:?}"),
+    };
+    assert!(h.is_switching());
+    assert!(!h.is_informational());
+    assert!(!h.upstream_keep_alive());
+    assert_eq!(h.head_len(), resp.len() - 5);
+    let mut out = Vec::new();
+    h.write_client(resp, true, false, &mut out);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        out,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nConnection: upgrade\r\n\r\n"
+    );
+}
+
+#[test]
+fn switching_without_exactly_one_upgrade_field_is_refused() {
+    for resp in [
+        &b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..],
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n",
+    ] {
+        assert_eq!(
+            parse_upgrade_response(resp, &Limits::default()).unwrap_err(),
+            HttpError::UpstreamSwitchingProtocols
+        );
+    }
+}
+
+#[test]
+fn an_ordinary_answer_to_an_upgrade_request_stays_http() {
+    let resp = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nUpgrade: websocket\r\n\r\n";
+    let h = match parse_upgrade_response(resp, &Limits::default()) {
+        Ok(Parse::Complete(h)) => h,
+        other => panic!("{other:?}"),
+    };
+    assert!(!h.is_switching());
+    let mut out = Vec::new();
+    h.write_client(resp, true, false, &mut out);
+    assert!(!String::from_utf8(out).unwrap().contains("Upgrade"));
+}

@@ -4,7 +4,9 @@
 mod buffers;
 pub mod error;
 mod session;
+mod tcp;
 mod tls_conn;
+mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -15,11 +17,12 @@ use monoio::net::TcpStream;
 use rustls::ServerConfig;
 use tracing::{debug, info};
 
-use crate::config::Timeouts;
+use crate::config::{ListenerProtocol, Timeouts};
 use crate::http::request::Limits;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::{FailReason, WorkerMetrics};
 use crate::ops::ratelimit::{LogLimiter, Verdict};
+use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
 use crate::worker::Shutdown;
 
@@ -50,6 +53,16 @@ pub struct ListenerCtx {
     pub limits: Limits,
     /// Open connections per worker before accepting waits.
     pub max_connections: usize,
+    /// Protocols a client may upgrade to (`Upgrade` tokens, lowercase), e.g. `websocket`.
+    pub upgrade: Vec<String>,
+    /// A tunnel with no byte in either direction this long is closed.
+    pub tunnel_idle: std::time::Duration,
+    /// A `client_ca` is set: a presented client certificate was verified against it.
+    pub verifies_clients: bool,
+    /// HTTP exchanges, or the stream relayed as it is (`tcp`).
+    pub protocol: ListenerProtocol,
+    /// The PROXY header a `tcp` listener sends first to the upstream.
+    pub upstream_proxy_protocol: ProxyVersion,
     pub shutdown: Rc<Shutdown>,
 }
 
@@ -110,7 +123,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
         client_cert,
         "TLS connection established"
     );
-    session::Session::new(tls, peer, ctx).run().await;
+    match ctx.protocol {
+        ListenerProtocol::Http => session::Session::new(tls, peer, ctx).run().await,
+        ListenerProtocol::Tcp => tcp::serve(tls, peer, ctx).await,
+    }
 }
 
 /// Counts a connection open for as long as it lives.
@@ -203,6 +219,11 @@ mod tests {
                 timeouts: Timeouts::default(),
                 limits: Limits::default(),
                 max_connections: 1,
+                upgrade: Vec::new(),
+                tunnel_idle: std::time::Duration::from_secs(1),
+                verifies_clients: false,
+                protocol: ListenerProtocol::Http,
+                upstream_proxy_protocol: ProxyVersion::Off,
                 shutdown: Rc::new(Shutdown::default()),
             });
             let tls = TlsConn::new(tcp, rustls::ServerConnection::new(config).unwrap());

@@ -23,9 +23,10 @@ use tracing::debug;
 use super::buffers::{self, PooledBuf, Slot};
 use super::error::{effect, upstream_kind, ClientError, Effect, ProxyError, UpstreamError};
 use super::tls_conn::TlsConn;
+use super::tunnel;
 use super::upstream::Upstream;
 use super::ListenerCtx;
-use crate::http::request::{self, Inject, RequestHead};
+use crate::http::request::{self, upgrade_permitted, Inject, RequestHead};
 use crate::http::response::{self, ResponseHead};
 use crate::http::{self, BodyFramer, Parse};
 use crate::ops::access_log::{self, AccessRecord};
@@ -409,16 +410,20 @@ impl Session {
             tls.flush().await.map_err(ClientError::Io)?;
         }
         let mut out = PooledBuf::take();
-        let idempotent = {
+        let (idempotent, upgrade) = {
             let buf = self.client.pending();
+            let upgrade = head
+                .upgrade(buf)
+                .is_some_and(|protocols| upgrade_permitted(protocols, &self.ctx.upgrade));
             let inject = Inject {
                 client_addr: &self.client_addr,
                 forwarded: &self.forwarded,
                 xfcc_line: self.xfcc_line.as_deref(),
                 upstream_host: &self.ctx.upstream_host,
+                upgrade,
             };
             head.write_upstream(buf, &inject, &mut out);
-            is_idempotent(head.method(buf))
+            (is_idempotent(head.method(buf)), upgrade)
         };
         self.client.consume(head.head_len());
         // The first body bytes already buffered ride with the head (a copy of at most 4 KiB
@@ -434,7 +439,9 @@ impl Session {
         }
         let mut up = self.acquire_upstream(false).await?;
         let answer = loop {
-            let attempt = self.attempt(&head, &mut framer, &mut up, out).await;
+            let attempt = self
+                .attempt(&head, upgrade, &mut framer, &mut up, out)
+                .await;
             match (attempt.result, attempt.resend) {
                 (Ok(answer), _) => break answer,
                 // A pooled connection may have been closed (FIN) or reset by the app while
@@ -453,6 +460,9 @@ impl Session {
             }
         };
 
+        if answer.head.is_switching() {
+            return self.switch(answer, up).await;
+        }
         let body_finished = framer.is_done();
         let early = answer.early;
         let client_keep_alive = body_finished
@@ -493,6 +503,7 @@ impl Session {
     async fn attempt(
         &mut self,
         head: &RequestHead,
+        upgrade: bool,
         framer: &mut BodyFramer,
         up: &mut Upstream,
         out: PooledBuf,
@@ -527,7 +538,9 @@ impl Session {
                 }
             }
         }
-        let read = self.read_response_head(head, up, upbuf, limit).await;
+        let read = self
+            .read_response_head(head, upgrade, up, upbuf, limit)
+            .await;
         self.tally.upstream = Some(asked.elapsed());
         match read {
             Ok((resp, upbuf)) => Attempt {
@@ -599,6 +612,7 @@ impl Session {
     async fn read_response_head(
         &mut self,
         head: &RequestHead,
+        upgrade: bool,
         up: &mut Upstream,
         mut upbuf: PooledBuf,
         limit: Duration,
@@ -607,7 +621,12 @@ impl Session {
         let mut read_any = !upbuf.is_empty();
         loop {
             if !upbuf.is_empty() {
-                match response::parse_response(&upbuf, head.is_head(), &self.ctx.limits) {
+                let parsed = if upgrade {
+                    response::parse_upgrade_response(&upbuf, &self.ctx.limits)
+                } else {
+                    response::parse_response(&upbuf, head.is_head(), &self.ctx.limits)
+                };
+                match parsed {
                     Ok(Parse::Complete(resp)) if resp.is_informational() => {
                         // Our own 100 Continue already went out; others (103) go to 1.1 clients.
                         if resp.status() != 100 && !head.is_http10() {
@@ -638,6 +657,37 @@ impl Session {
                 (Err(e), _) => return Err((e.into(), read_any)),
             }
         }
+    }
+
+    /// The app accepted the upgrade: its 101 goes to the client, then both connections carry
+    /// the new protocol, relayed as bytes until both sides are done (see `tunnel`).
+    async fn switch(&mut self, answer: Answer, up: Upstream) -> Result<Next, ProxyError> {
+        let Answer {
+            head: resp, upbuf, ..
+        } = answer;
+        let mut out = PooledBuf::take();
+        resp.write_client(&upbuf, false, false, &mut out);
+        self.tally.status = resp.status();
+        self.tally.bytes_out += out.len() as u64;
+        let tls = &mut self.client.tls;
+        tls.write_plain(&out).await.map_err(ClientError::Io)?;
+        tls.flush().await.map_err(ClientError::Io)?;
+        self.response_started = true;
+        let pending = self.client.pending().len();
+        let to_app = &self.client.inbuf.get_ref()[self.client.start..][..pending];
+        let (sent, received) = tunnel::relay(
+            &mut self.client.tls,
+            up,
+            to_app,
+            &upbuf[resp.head_len()..],
+            self.ctx.tunnel_idle,
+        )
+        .await;
+        self.client.received += sent;
+        self.tally.bytes_out += received;
+        self.client.start += pending;
+        // The tunnel ended both directions; only close_notify (if not sent yet) and FIN remain.
+        Ok(Next::Close)
     }
 
     /// Sends the response head and body to the client. Returns whether the upstream connection

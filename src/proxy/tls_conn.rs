@@ -71,6 +71,28 @@ impl TlsConn {
         self.refused_leaf
     }
 
+    /// The local address of the client connection.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.local_addr().ok()
+    }
+
+    /// The negotiated ALPN protocol.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.tls.alpn_protocol()
+    }
+
+    /// The SNI the client sent.
+    pub fn server_name(&self) -> Option<&str> {
+        self.tls.server_name()
+    }
+
+    /// The negotiated cipher suite's name (e.g. `TLS13_AES_256_GCM_SHA384`).
+    pub fn cipher_suite_name(&self) -> Option<&'static str> {
+        self.tls
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+    }
+
     /// The negotiated TLS version.
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
         self.tls.protocol_version()
@@ -271,6 +293,12 @@ impl TlsConn {
         self.tls.send_close_notify();
         let _ = self.flush().await;
         self.linger(limit).await;
+    }
+
+    /// Queues close_notify (sent by the next flush): this side will send no more. The client
+    /// may go on sending (a tunnel's half-close).
+    pub fn send_close_notify(&mut self) {
+        self.tls.send_close_notify();
     }
 
     /// A normal close: close_notify, then FIN, so the client reads a clean end of the stream.

@@ -16,7 +16,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientCertMode, Listener};
+use crate::config::{ClientCertMode, Listener, ListenerProtocol};
 
 /// ALPN: certgate speaks HTTP/1.1 to clients only.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -183,7 +183,12 @@ pub fn server_config_with(
             key: listener.key.clone(),
             what: e.to_string(),
         })?;
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // A `tcp` listener relays whatever protocol the client speaks: it offers no ALPN, so a
+    // client that offers its own (e.g. `postgresql`) is not refused for a missing overlap.
+    config.alpn_protocols = match listener.protocol {
+        ListenerProtocol::Http => vec![ALPN_HTTP11.to_vec()],
+        ListenerProtocol::Tcp => Vec::new(),
+    };
     // The server picks the suite (rustls' order: AES-256-GCM, AES-128-GCM, ChaCha20): every
     // suite offered is a strong AEAD, but scanners rightly expect a server-side order.
     config.ignore_client_order = true;

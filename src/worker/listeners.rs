@@ -165,6 +165,11 @@ impl Listeners {
             timeouts: settings.timeouts,
             limits: settings.limits,
             max_connections: settings.max_connections,
+            upgrade: plan.upgrade,
+            verifies_clients: plan.verifies_clients,
+            protocol: plan.protocol,
+            upstream_proxy_protocol: plan.upstream_proxy_protocol,
+            tunnel_idle: settings.timeouts.tunnel_idle,
             shutdown: self.shutdown.clone(),
         })
     }

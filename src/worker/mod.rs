@@ -62,6 +62,12 @@ pub struct ListenerPlan {
     pub upstream: SocketAddr,
     /// The upstream as written in the config (`host:port`).
     pub upstream_host: String,
+    /// Protocols a client may upgrade to.
+    pub upgrade: Vec<String>,
+    /// A `client_ca` is set.
+    pub verifies_clients: bool,
+    pub protocol: crate::config::ListenerProtocol,
+    pub upstream_proxy_protocol: crate::proxy_header::ProxyVersion,
 }
 
 /// Per-worker settings that a reload may change.
@@ -168,36 +174,7 @@ impl Server {
         plans: Vec<ListenerPlan>,
     ) -> Result<(), WorkerError> {
         let workers = self.controls.len();
-        let mut opened: Vec<Vec<Option<std::net::TcpListener>>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        let mut bound = Vec::new();
-        for plan in &plans {
-            let kept = self
-                .bound
-                .iter()
-                .find(|b| b.name == plan.name && b.configured == plan.bind);
-            match kept {
-                Some(b) => {
-                    opened.iter_mut().for_each(|o| o.push(None));
-                    bound.push(Bound {
-                        name: plan.name.clone(),
-                        configured: b.configured,
-                        actual: b.actual,
-                    });
-                }
-                None => {
-                    let (actual, sockets) = bind_all(&plan.name, plan.bind, workers)?;
-                    for (o, s) in opened.iter_mut().zip(sockets) {
-                        o.push(Some(s));
-                    }
-                    bound.push(Bound {
-                        name: plan.name.clone(),
-                        configured: plan.bind,
-                        actual,
-                    });
-                }
-            }
-        }
+        let (opened, bound) = open(&plans, &self.bound, workers)?;
         let counters = counters(&self.metrics, &plans, workers);
         let (done, acks) = mpsc::channel();
         for ((control, opened), metrics) in self.controls.iter_mut().zip(opened).zip(counters) {
@@ -252,6 +229,45 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Per worker, index-aligned with a generation's plans: a new socket, or `None` to keep one.
+type Opened = Vec<Vec<Option<std::net::TcpListener>>>;
+
+/// The sockets a generation needs, per worker and index-aligned with `plans`: a new socket for
+/// each listener that `kept` does not already serve under the same name and configured
+/// address, `None` where the workers keep theirs. Binds everything before anything changes.
+fn open(
+    plans: &[ListenerPlan],
+    kept: &[Bound],
+    workers: usize,
+) -> Result<(Opened, Vec<Bound>), WorkerError> {
+    let mut opened: Opened = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let same = kept
+            .iter()
+            .find(|b| b.name == plan.name && b.configured == plan.bind);
+        let actual = match same {
+            Some(b) => {
+                opened.iter_mut().for_each(|o| o.push(None));
+                b.actual
+            }
+            None => {
+                let (actual, sockets) = bind_all(&plan.name, plan.bind, workers)?;
+                for (o, s) in opened.iter_mut().zip(sockets) {
+                    o.push(Some(s));
+                }
+                actual
+            }
+        };
+        bound.push(Bound {
+            name: plan.name.clone(),
+            configured: plan.bind,
+            actual,
+        });
+    }
+    Ok((opened, bound))
+}
+
 /// One socket per worker for one listener; port 0 resolves to one port shared by all.
 fn bind_all(
     name: &str,
@@ -285,20 +301,7 @@ pub fn start(
     if !uring {
         warn!("io_uring is unavailable: falling back to the epoll driver");
     }
-    let mut opened: Vec<Vec<Option<std::net::TcpListener>>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    for plan in &plans {
-        let (actual, sockets) = bind_all(&plan.name, plan.bind, workers)?;
-        for (o, s) in opened.iter_mut().zip(sockets) {
-            o.push(Some(s));
-        }
-        bound.push(Bound {
-            name: plan.name.clone(),
-            configured: plan.bind,
-            actual,
-        });
-    }
+    let (opened, bound) = open(&plans, &[], workers)?;
 
     let settings = Settings::of(config);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -9,5 +9,7 @@ mod modes;
 mod proxying;
 mod relay;
 mod support;
+mod tcp;
 mod tickets;
 mod tools;
+mod websocket;

@@ -1,0 +1,90 @@
+//! The exchange loop of a `protocol = "tcp"` listener: after the handshake (with the same
+//! client-certificate modes and trust as HTTP listeners), the decrypted stream is relayed to
+//! the upstream as it is, both ways, with half-close honoured (see `tunnel`). The app learns who
+//! connected from the PROXY header sent first on the upstream connection (`proxy_header`).
+//!
+//! Each client gets its own upstream connection: a stream has no message boundaries at which
+//! one could be shared.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use monoio::io::AsyncWriteRentExt;
+use tracing::debug;
+
+use super::tls_conn::TlsConn;
+use super::{tunnel, ListenerCtx};
+use crate::ops::access_log;
+use crate::ops::metrics::UpstreamErrorKind;
+use crate::proxy_header::{self, ClientFacts};
+
+pub(crate) async fn serve(mut tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
+    let cn = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| common_name(der));
+    let facts = facts(&tls, peer, cn.as_deref(), ctx.verifies_clients);
+    let header = match proxy_header::encode(ctx.upstream_proxy_protocol, &facts) {
+        Ok(h) => h,
+        Err(e) => {
+            debug!(listener = %ctx.name, %peer, "{e}");
+            tls.close().await;
+            return;
+        }
+    };
+    let mut up = match ctx.pool.connect(ctx.timeouts.upstream_connect).await {
+        Ok(up) => up,
+        Err(e) => {
+            debug!(listener = %ctx.name, %peer, "upstream connect: {e}");
+            ctx.metrics
+                .upstream_error(ctx.index, UpstreamErrorKind::Connect);
+            // No HTTP to answer in: the client sees its stream end at once.
+            tls.close().await;
+            return;
+        }
+    };
+    if !header.is_empty() {
+        let write = up.wr.write_all(header);
+        match monoio::time::timeout(ctx.timeouts.upstream_response, write).await {
+            Ok((Ok(_), _)) => {}
+            _ => {
+                ctx.metrics
+                    .upstream_error(ctx.index, UpstreamErrorKind::Closed);
+                tls.close().await;
+                return;
+            }
+        }
+    }
+    let (sent, received) = tunnel::relay(&mut tls, up, &[], &[], ctx.tunnel_idle).await;
+    debug!(listener = %ctx.name, %peer, sent, received, "tcp stream ended");
+    tls.close().await;
+}
+
+/// The subject CN of a certificate, if it has one.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// What the PROXY header tells the app about this client connection.
+fn facts<'a>(
+    tls: &'a TlsConn,
+    peer: SocketAddr,
+    cn: Option<&'a str>,
+    verifies: bool,
+) -> ClientFacts<'a> {
+    let leaf = tls.peer_certificates().and_then(|c| c.first());
+    ClientFacts {
+        client: Some(peer),
+        local: tls.local_addr(),
+        alpn: tls.alpn_protocol(),
+        sni: tls.server_name(),
+        tls_version: access_log::tls_version(tls.protocol_version()),
+        cipher: tls.cipher_suite_name().unwrap_or(""),
+        leaf: leaf.map(|d| d.as_ref()),
+        cn,
+        // With a trust store, a presented certificate passed path building.
+        verified: verifies,
+    }
+}
