@@ -482,3 +482,470 @@ impl Drop for Binary {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operations tests (ops*.rs): certgate as a child process running a config the test wrote,
+// with its stdout and stderr captured, its admin endpoint, and its certificates swapped on disk.
+// ---------------------------------------------------------------------------------------------
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `cond` every 20 ms for up to `secs` seconds; panics naming `what` when it never holds.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Everything a child wrote to one of its pipes, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn collect(mut from: impl std::io::Read + Send + 'static) -> Captured {
+        let captured = Captured::default();
+        let into = captured.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => into
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        captured
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
+    /// Complete lines (the last one ended with a newline) containing `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        let text = self.text();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// certgate running `dir/certgate.toml`, stdout and stderr piped into the test.
+pub struct Proc {
+    pub child: Reaped,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+impl Proc {
+    /// Writes `config` as `dir/certgate.toml` and starts certgate on it (info-level logs);
+    /// `adjust` may change the command (environment). Returns at once: wait with
+    /// [`Proc::wait_tcp`] or [`Proc::wait_ready`].
+    pub fn spawn(
+        dir: &Path,
+        config: &str,
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Proc {
+        let path = dir.join("certgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"));
+        cmd.arg("--config")
+            .arg(&path)
+            .env("CERTGATE_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CERTGATE_EPOLL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let stdout = Captured::collect(child.stdout.take().unwrap());
+        let stderr = Captured::collect(child.stderr.take().unwrap());
+        Proc {
+            child: Reaped(child),
+            dir: dir.to_path_buf(),
+            config: path,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Panics (with the stderr so far) when certgate has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.0.try_wait().unwrap() {
+            panic!("certgate exited ({status}): {}", self.stderr.text());
+        }
+    }
+
+    /// Waits until something accepts TCP connections on `port` (each try is a connection that
+    /// ends before its handshake: it counts in the metrics).
+    pub fn wait_tcp(&mut self, port: u16) -> SocketAddr {
+        let addr = local(port);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            self.assert_running();
+            assert!(
+                std::time::Instant::now() < until,
+                "certgate did not listen on {addr}: {}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        addr
+    }
+
+    /// Waits until the admin listener on `admin` says ready (no TLS listener is touched).
+    pub fn wait_ready(&mut self, admin: SocketAddr) {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if matches!(http_get(admin, "/readyz"), Ok(r) if r.status == 200) {
+                return;
+            }
+            self.assert_running();
+            assert!(
+                std::time::Instant::now() < until,
+                "certgate never became ready: {}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling a child process this test spawned (and has not reaped).
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    /// Sends SIGHUP and waits until stderr has `n` lines saying the reload happened, whether it
+    /// succeeded or failed; returns the newest such line.
+    pub fn reload(&mut self, n: usize) -> String {
+        self.signal(libc::SIGHUP);
+        self.wait_reloads(n)
+    }
+
+    /// Waits (10 s at most) until stderr holds `n` reload outcome lines; returns the newest.
+    pub fn wait_reloads(&mut self, n: usize) -> String {
+        let outcomes = |s: &Captured| {
+            let mut lines = s.lines_with("reloaded ");
+            lines.extend(s.lines_with("reload failed"));
+            lines
+        };
+        wait_for("a reload outcome on stderr", 10, || {
+            outcomes(&self.stderr).len() >= n
+        });
+        let text = self.stderr.text();
+        let newest = text
+            .lines()
+            .filter(|l| l.contains("reloaded ") || l.contains("reload failed"))
+            .nth(n - 1)
+            .unwrap()
+            .to_owned();
+        assert_eq!(outcomes(&self.stderr).len(), n, "{text}");
+        newest
+    }
+
+    /// Sends SIGTERM and waits (15 s at most) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "certgate did not exit: {}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// certgate's diagnostic lines go to a pipe here: they must carry no ANSI color codes.
+    pub fn assert_plain_stderr(&self) {
+        let text = self.stderr.text();
+        assert!(
+            !text.contains("\x1b["),
+            "ANSI escapes on a piped stderr: {text:?}"
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `[[listener]]` section (cert `server.pem`, key `server.key`; `client_ca` when given).
+pub fn listener_toml(
+    name: &str,
+    port: u16,
+    mode: &str,
+    client_ca: Option<&str>,
+    upstream: SocketAddr,
+) -> String {
+    let ca = client_ca.map_or(String::new(), |ca| format!("client_ca = \"{ca}\"\n"));
+    format!(
+        "\n[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\ncert = \"server.pem\"\n\
+         key = \"server.key\"\nclient_certificate_mode = \"{mode}\"\n{ca}upstream = \"{upstream}\"\n"
+    )
+}
+
+/// `[server]` with `workers` unpinned workers, then `extra` (more keys or sections).
+pub fn server_toml(workers: usize, extra: &str) -> String {
+    format!("[server]\nworkers = {workers}\npin_workers = false\n{extra}\n")
+}
+
+/// A new server certificate for localhost / 127.0.0.1, issued by the test root (so test
+/// clients trust it) and different from `pki().server`.
+pub fn new_server_cert() -> Issued {
+    pki()
+        .root
+        .server_cert(&["localhost", "127.0.0.1"])
+        .expect("server cert")
+}
+
+/// Writes a server certificate and key as `server.pem` / `server.key` in `dir`.
+pub fn write_server_cert(dir: &Path, cert: &Issued) {
+    std::fs::write(dir.join("server.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &cert.key_pem).unwrap();
+}
+
+/// The leaf certificate the server presented on this connection (the handshake runs first).
+pub fn served_leaf(tls: &mut Tls) -> Vec<u8> {
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    tls.conn.peer_certificates().expect("a server certificate")[0].to_vec()
+}
+
+/// Lowercase hex SHA-256 of `bytes`, by ring.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A client config presenting `chain` (leaf first; empty: none), TLS 1.3 only or TLS 1.2
+/// only. Connections made with the same returned config share its session store, so a second
+/// connection tries to resume; `tls12_session_ids` makes TLS 1.2 resume by session ID, never
+/// by ticket.
+pub fn client_config_for(
+    chain: &[&Issued],
+    tls12: bool,
+    tls12_session_ids: bool,
+) -> Arc<ClientConfig> {
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots());
+    let mut config = if chain.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let certs = chain.iter().map(|i| i.cert_der.clone()).collect();
+        builder
+            .with_client_auth_cert(certs, chain[0].key_der.clone_key())
+            .unwrap()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if tls12_session_ids {
+        config.resumption = rustls::client::Resumption::in_memory_sessions(32)
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    }
+    Arc::new(config)
+}
+
+/// One request on a new connection made with `config`: the response, and whether the
+/// handshake resumed a session.
+pub fn request_with(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    raw: &[u8],
+) -> Result<(Response, bool), String> {
+    let mut tls = connect(addr, config);
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let resp = exchange(&mut tls, raw)?;
+    let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    Ok((resp, resumed))
+}
+
+/// A plain HTTP/1.1 exchange with the admin listener: raw request bytes in, response out.
+pub fn http_exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.write_all(raw)?;
+    read_response(&mut BufReader::new(tcp), raw.starts_with(b"HEAD "))
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    http_exchange(addr, &get(path))
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page: every `name{labels} value` line (comments skipped).
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// Parses the text format. Panics on a line it cannot read: a scraper would choke too.
+    pub fn parse(text: &str) -> Scrape {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("no value: {line:?}"));
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value: {line:?}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series, std::collections::BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest
+                        .strip_suffix('}')
+                        .unwrap_or_else(|| panic!("unclosed labels: {line:?}"));
+                    (name, parse_labels(body, line))
+                }
+            };
+            samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        Scrape { samples }
+    }
+
+    /// The value of the series with exactly these labels; `None` when it is absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut found = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == want);
+        let first = found.next()?;
+        assert!(found.next().is_none(), "{name}{labels:?} appears twice");
+        Some(first.value)
+    }
+
+    /// Like [`Scrape::get`], with an absent series read as 0 (series that appear on first use).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+fn parse_labels(body: &str, line: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("bad label: {line:?}"));
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => panic!("bad escape: {line:?}"),
+                },
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value: {line:?}"),
+            }
+        };
+        labels.insert(key.to_owned(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    labels
+}
+
+/// Scrapes `/metrics` on the admin listener, checking status and content type.
+pub fn scrape(admin: SocketAddr) -> Scrape {
+    let resp = http_get(admin, "/metrics").expect("scrape");
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    let types = header_values(&resp.head, "content-type");
+    assert_eq!(
+        types,
+        vec!["text/plain; version=0.0.4; charset=utf-8".to_owned()],
+        "{}",
+        resp.head
+    );
+    Scrape::parse(&resp.text())
+}
+
+/// `N` distinct ports on 127.0.0.1 that were free a moment ago (all held until all are picked).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
+/// An `[admin]` section on 127.0.0.1:`port`.
+pub fn admin_toml(port: u16) -> String {
+    format!("\n[admin]\nbind = \"127.0.0.1:{port}\"\n")
+}
+
+/// The echo app on a free port.
+pub fn echo_app() -> EchoApp {
+    EchoApp::start("127.0.0.1:0".parse().unwrap()).expect("echo app")
+}
