@@ -108,6 +108,7 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
             verifies_clients: listener.client_ca.is_some(),
             protocol: listener.protocol,
             upstream_proxy_protocol: listener.upstream_proxy_protocol,
+            passthrough: listener.passthrough.clone(),
         });
     }
     Ok(Prepared {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::proxy_header::ProxyVersion;
+use crate::sni::SniRoutes;
 
 /// The HTTP parser keeps header slots in a fixed array of this size, so `max_headers` can't exceed it.
 pub const MAX_HEADERS_CEILING: usize = 128;
@@ -206,6 +207,8 @@ pub struct Listener {
     pub protocol: ListenerProtocol,
     /// The PROXY header sent first on each upstream connection (`tcp` listeners).
     pub upstream_proxy_protocol: ProxyVersion,
+    /// Server names whose TLS is not terminated here: relayed to their own upstream.
+    pub passthrough: SniRoutes,
 }
 
 /// `listener.protocol`.
@@ -442,6 +445,16 @@ struct FileListener {
     protocol: ListenerProtocol,
     #[serde(default)]
     upstream_proxy_protocol: ProxyVersion,
+    #[serde(default)]
+    passthrough: Vec<FilePassthrough>,
+}
+
+/// `[[listener.passthrough]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePassthrough {
+    server_names: Vec<String>,
+    upstream: String,
 }
 
 /// A duration value: a string with a unit, parsed by humantime. `key` is the dotted path.
@@ -733,6 +746,25 @@ impl FileListener {
                 "is only supported with protocol = \"tcp\" (HTTP listeners forward the client in X-Forwarded-For and Forwarded)",
             ));
         }
+        let mut passthrough = SniRoutes::default();
+        for (i, entry) in self.passthrough.iter().enumerate() {
+            let field = |f: &str| key(&format!("passthrough[{i}].{f}"));
+            let upstream = resolve(entry.upstream.trim()).map_err(|reason| {
+                ConfigError::invalid(
+                    field("upstream"),
+                    format!("cannot resolve {:?}: {reason}", entry.upstream),
+                )
+            })?;
+            if entry.server_names.is_empty() {
+                return Err(ConfigError::invalid(
+                    field("server_names"),
+                    "must not be empty",
+                ));
+            }
+            passthrough
+                .add(&entry.server_names, upstream)
+                .map_err(|e| ConfigError::invalid(field("server_names"), e.to_string()))?;
+        }
         Ok(Listener {
             name,
             bind,
@@ -746,6 +778,7 @@ impl FileListener {
             upgrade,
             protocol: self.protocol,
             upstream_proxy_protocol: self.upstream_proxy_protocol,
+            passthrough,
         })
     }
 }

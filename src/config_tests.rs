@@ -489,3 +489,34 @@ fn upgrade_defaults_to_websocket_and_rejects_non_tokens() {
         .to_string();
     assert!(e.contains("timeouts.tunnel_idle"), "{e}");
 }
+
+#[test]
+fn passthrough_entries_are_checked_and_named_in_errors() {
+    let base = "[[listener]]\nbind = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nupstream = \"127.0.0.1:8080\"\n";
+    let ok = format!(
+        "{base}[[listener.passthrough]]\nserver_names = [\"legacy.example.com\", \"*.old.example.com\"]\nupstream = \"127.0.0.1:9443\"\n"
+    );
+    let c = parse(&ok).unwrap();
+    let routes = &c.listeners[0].passthrough;
+    assert_eq!(
+        routes.route("x.old.example.com"),
+        Some("127.0.0.1:9443".parse().unwrap())
+    );
+    let bad = format!(
+        "{base}[[listener.passthrough]]\nserver_names = [\"not a name\"]\nupstream = \"127.0.0.1:9443\"\n"
+    );
+    let e = parse(&bad).unwrap_err().to_string();
+    assert!(e.contains("listener[0].passthrough[0].server_names"), "{e}");
+    let twice = format!(
+        "{base}[[listener.passthrough]]\nserver_names = [\"a.example.com\"]\nupstream = \"127.0.0.1:1\"\n\
+         [[listener.passthrough]]\nserver_names = [\"A.example.com\"]\nupstream = \"127.0.0.1:2\"\n"
+    );
+    let e = parse(&twice).unwrap_err().to_string();
+    assert!(
+        e.contains("listener[0].passthrough[1].server_names") && e.contains("twice"),
+        "{e}"
+    );
+    let empty =
+        format!("{base}[[listener.passthrough]]\nserver_names = []\nupstream = \"127.0.0.1:1\"\n");
+    assert!(parse(&empty).is_err());
+}

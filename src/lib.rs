@@ -17,6 +17,7 @@ pub mod ops;
 pub mod pki;
 pub mod proxy;
 pub mod proxy_header;
+pub mod sni;
 pub mod tls;
 pub mod worker;
 pub mod xfcc;

@@ -3,6 +3,7 @@
 
 mod buffers;
 pub mod error;
+mod passthrough;
 mod session;
 mod tcp;
 mod tls_conn;
@@ -63,6 +64,8 @@ pub struct ListenerCtx {
     pub protocol: ListenerProtocol,
     /// The PROXY header a `tcp` listener sends first to the upstream.
     pub upstream_proxy_protocol: ProxyVersion,
+    /// Server names relayed to their own upstream without termination (spliced).
+    pub passthrough: crate::sni::SniRoutes,
     pub shutdown: Rc<Shutdown>,
 }
 
@@ -71,11 +74,24 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
     let started = std::time::Instant::now();
     let _open = Open::new(ctx.clone());
     let _ = tcp.set_nodelay(true);
-    let conn = match rustls::ServerConnection::new(ctx.tls.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(listener = %ctx.name, %peer, "TLS setup failed: {e}");
-            return;
+    let deadline = monoio::time::Instant::now() + ctx.timeouts.handshake;
+    let (tcp, conn) = if ctx.passthrough.is_empty() {
+        match rustls::ServerConnection::new(ctx.tls.clone()) {
+            Ok(c) => (tcp, c),
+            Err(e) => {
+                debug!(listener = %ctx.name, %peer, "TLS setup failed: {e}");
+                return;
+            }
+        }
+    } else {
+        // The ClientHello decides: terminated here, or relayed as it is (spliced).
+        match monoio::time::timeout_at(deadline, passthrough::hello(tcp, peer, &ctx)).await {
+            Ok(passthrough::Hello::Terminate(tcp, conn)) => (tcp, *conn),
+            Ok(passthrough::Hello::Done) => return,
+            Err(_) => {
+                ctx.metrics.handshake_failed(ctx.index, FailReason::Timeout);
+                return;
+            }
         }
     };
     let mut tls = TlsConn::new(tcp, conn);
@@ -83,7 +99,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
     // (the same bound as a client stalling mid-body).
     tls.set_write_timeout(ctx.timeouts.keep_alive);
     let cache_before = cache::stats();
-    let failed = match monoio::time::timeout(ctx.timeouts.handshake, tls.handshake()).await {
+    let failed = match monoio::time::timeout_at(deadline, tls.handshake()).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some((FailReason::of_io(&e), e.to_string())),
         Err(_) => Some((
@@ -91,6 +107,15 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
             "no finished handshake in time".to_owned(),
         )),
     };
+    // The chain cache is consulted at most once per handshake, inside rustls' call to the
+    // verifier; the worker's thread-local counts say whether it was a hit (refused chains
+    // count too: they were looked up).
+    let cache_after = cache::stats();
+    if cache_after.hits > cache_before.hits {
+        ctx.metrics.cert_cache(true);
+    } else if cache_after.misses > cache_before.misses {
+        ctx.metrics.cert_cache(false);
+    }
     if let Some((reason, what)) = failed {
         ctx.metrics.handshake_failed(ctx.index, reason);
         log_refused(&ctx, peer, reason, &what, tls.rejected_leaf());
@@ -108,14 +133,6 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
     let client_cert = tls.peer_certificates().is_some();
     ctx.metrics
         .handshake_done(ctx.index, resumed, client_cert, started.elapsed());
-    // The chain cache is consulted at most once per handshake, inside rustls' call to the
-    // verifier; the worker's thread-local counts say whether it was a hit.
-    let cache_after = cache::stats();
-    if cache_after.hits > cache_before.hits {
-        ctx.metrics.cert_cache(true);
-    } else if cache_after.misses > cache_before.misses {
-        ctx.metrics.cert_cache(false);
-    }
     debug!(
         listener = %ctx.name,
         %peer,
@@ -224,6 +241,7 @@ mod tests {
                 verifies_clients: false,
                 protocol: ListenerProtocol::Http,
                 upstream_proxy_protocol: ProxyVersion::Off,
+                passthrough: crate::sni::SniRoutes::default(),
                 shutdown: Rc::new(Shutdown::default()),
             });
             let tls = TlsConn::new(tcp, rustls::ServerConnection::new(config).unwrap());

@@ -39,8 +39,9 @@ const COALESCE_MAX: usize = 4096;
 /// How long a connection that got an error response may keep sending before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
 /// After a write to the app failed, how long its answer may take to show up: an app that
-/// refuses a body answers and then closes, and the close breaks our write first.
-const EARLY_ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// refuses a body answers and then closes, and the reset from its close can break our write
+/// before the read in flight has handed us the answer that arrived just ahead of it.
+const EARLY_ANSWER_GRACE: Duration = Duration::from_millis(250);
 
 pub struct Session {
     client: Client,
@@ -582,8 +583,9 @@ impl Session {
                 // dropped only here, before any byte of it could matter: see below).
                 Ok(()) => {}
                 // The app broke our write: an app refusing the body answers, then closes;
-                // its answer may be on its way.
-                Err(e @ ProxyError::Upstream(UpstreamError::Io(_) | UpstreamError::WriteStalled)) => {
+                // its answer may be on its way. (An app that merely stopped reading had all
+                // of `upstream_response` to answer while the read was in flight.)
+                Err(e @ ProxyError::Upstream(UpstreamError::Io(_))) => {
                     return match monoio::time::timeout(EARLY_ANSWER_GRACE, &mut answer).await {
                         Ok((Ok(n), Some(buf))) if n > 0 => Ok((buf, true)),
                         _ => Err(e),

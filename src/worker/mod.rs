@@ -68,6 +68,8 @@ pub struct ListenerPlan {
     pub verifies_clients: bool,
     pub protocol: crate::config::ListenerProtocol,
     pub upstream_proxy_protocol: crate::proxy_header::ProxyVersion,
+    /// Server names relayed without termination.
+    pub passthrough: crate::sni::SniRoutes,
 }
 
 /// Per-worker settings that a reload may change.
