@@ -393,8 +393,6 @@ fn every_metric_family_moves_with_the_traffic_that_should_move_it() {
 /// A chain looked up in the verified-chain cache and not found is a miss whether it then
 /// verifies or not (the worker's own closing log line counts it so); /metrics must agree.
 #[test]
-#[ignore = "BUG: src/proxy/mod.rs serve() reads the cache counts only after a successful \
-            handshake, so refused chains' lookups never reach certgate_cert_cache_misses_total"]
 fn refused_chains_count_as_cache_misses() {
     let rig = metrics_rig("ops-cache-miss");
     let before = scrape(rig.admin);
