@@ -69,6 +69,8 @@ struct Tally {
     status: u16,
     /// `client.received` when the exchange began.
     received_before: u64,
+    /// Bytes of a head that did not parse (never consumed, but received).
+    unparsed: u64,
     bytes_out: u64,
     /// Request sent to the app → its response head received.
     upstream: Option<Duration>,
@@ -243,6 +245,9 @@ impl Session {
             let result = Box::pin(self.next_exchange()).await;
             if let Err(e) = &result {
                 self.count_failure(e);
+                if matches!(e, ProxyError::Client(ClientError::BadHead(_))) {
+                    self.note_unparsed_head();
+                }
             }
             match result {
                 Ok(next) => {
@@ -286,6 +291,28 @@ impl Session {
         }
     }
 
+    /// A head that did not parse is still logged as received: its bytes count, and the method
+    /// and target are what its first line says (the log escapes whatever they hold).
+    fn note_unparsed_head(&mut self) {
+        let pending = self.client.pending();
+        self.tally.unparsed = pending.len() as u64;
+        if self.info.is_none() {
+            return;
+        }
+        let line = pending.split(|b| *b == b'\n').next().unwrap_or(&[]);
+        let line = &line[..line.len().min(8 * 1024)];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut parts = line.splitn(3, |b| *b == b' ');
+        self.tally.method.clear();
+        self.tally
+            .method
+            .extend_from_slice(parts.next().unwrap_or(&[]));
+        self.tally.target.clear();
+        self.tally
+            .target
+            .extend_from_slice(parts.next().unwrap_or(&[]));
+    }
+
     /// Counts a failed exchange's upstream error, if the app (or the way to it) was at fault.
     fn count_failure(&self, e: &ProxyError) {
         if let Some(kind) = upstream_kind(e) {
@@ -319,7 +346,7 @@ impl Session {
                 method: &self.tally.method,
                 path: &self.tally.target,
                 status,
-                bytes_in: self.client.received - self.tally.received_before,
+                bytes_in: self.client.received - self.tally.received_before + self.tally.unparsed,
                 bytes_out: self.tally.bytes_out,
                 duration,
                 upstream: self.tally.upstream,
@@ -328,6 +355,7 @@ impl Session {
         }
         self.tally.method.clear();
         self.tally.target.clear();
+        self.tally.unparsed = 0;
     }
 
     /// Tells the client what went wrong (see `effect`) and ends the connection.

@@ -137,12 +137,8 @@ fn json_access_log_has_one_exact_line_per_request_that_no_target_can_forge() {
         proc.stdout.text().lines().count() >= sent.len()
     });
     // A request certgate refuses itself (an ESC byte in the target) is logged too.
-    let refused = request(
-        addr,
-        ClientCert::Valid,
-        b"GET /esc\x1b[2J HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .unwrap();
+    let refused_raw = b"GET /esc\x1b[2J HTTP/1.1\r\nHost: x\r\n\r\n";
+    let refused = request(addr, ClientCert::Valid, refused_raw).unwrap();
     assert_eq!(refused.status, 400);
     // The last line is written out at shutdown at the latest.
     let last = send_all(
@@ -206,10 +202,19 @@ fn json_access_log_has_one_exact_line_per_request_that_no_target_can_forge() {
         assert!(ts <= SystemTime::now(), "{what}");
         assert_eq!(v.as_object().unwrap().len(), 14, "{what}");
     }
-    // The refused request: its own line, status 400, no upstream time.
+    // The refused request: its own line, status 400, no upstream time, and the head as
+    // received: its method, its target (the ESC escaped by the log) and its bytes.
     let refused = &parsed[sent.len()];
     assert_eq!(refused["status"], 400, "{refused}");
     assert!(refused["upstream_ms"].is_null(), "{refused}");
+    assert_eq!(refused["method"], "GET", "{refused}");
+    assert_eq!(refused["path"], "/esc\u{1b}[2J", "{refused}");
+    assert_eq!(refused["bytes_in"], refused_raw.len(), "{refused}");
+    assert!(
+        lines[sent.len()].contains("\\u001b"),
+        "escaped: {}",
+        lines[sent.len()]
+    );
     assert_eq!(
         refused["client_cert_sha256"],
         sha256_hex(pki().client_via_intermediate.cert_der.as_ref())
