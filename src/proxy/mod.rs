@@ -2,6 +2,7 @@
 //! upstream pool. Everything a decision needs comes from the pure modules (`http`, `xfcc`).
 
 mod buffers;
+mod client;
 pub mod error;
 mod passthrough;
 mod session;

@@ -15,16 +15,16 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRent;
 use monoio::time::Instant;
 use tracing::debug;
 
 use super::buffers::{self, PooledBuf, Slot};
+use super::client::Client;
 use super::error::{effect, upstream_kind, ClientError, Effect, ProxyError, UpstreamError};
 use super::tls_conn::TlsConn;
 use super::tunnel;
-use super::upstream::Upstream;
+use super::upstream::{read_up, write_up, Upstream};
 use super::ListenerCtx;
 use crate::http::request::{self, upgrade_permitted, Inject, RequestHead};
 use crate::http::response::{self, ResponseHead};
@@ -103,17 +103,6 @@ impl ConnInfo {
     }
 }
 
-/// The client side: its TLS stream and the decrypted bytes not yet consumed (pipelined
-/// requests wait here between exchanges).
-struct Client {
-    tls: TlsConn,
-    inbuf: Slot,
-    /// Start of the unconsumed part of `inbuf`.
-    start: usize,
-    /// Plaintext bytes taken from the client so far (heads and bodies).
-    received: u64,
-}
-
 enum Next {
     KeepAlive,
     Close,
@@ -139,65 +128,6 @@ struct Answer {
     upbuf: PooledBuf,
     /// The app answered before the request body was all sent.
     early: bool,
-}
-
-impl Client {
-    fn pending(&self) -> &[u8] {
-        self.inbuf.get_ref().get(self.start..).unwrap_or(&[])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        self.received += n as u64;
-    }
-
-    /// Drops consumed bytes so the buffer has room again.
-    fn compact(&mut self) {
-        let start = self.start;
-        let buf = self.inbuf.get();
-        if start >= buf.len() {
-            buf.clear();
-        } else if start > 0 {
-            buf.drain(..start);
-        }
-        self.start = 0;
-    }
-
-    /// Reads up to `max` more decrypted bytes into the buffer.
-    async fn read(&mut self, max: usize) -> std::io::Result<usize> {
-        self.compact();
-        let buf: &mut Vec<u8> = self.inbuf.get();
-        self.tls.read_plain(buf, max).await
-    }
-
-    /// Reads more of a request body, within the idle limit.
-    async fn read_body(&mut self, max: usize, limit: Duration) -> Result<(), ClientError> {
-        match monoio::time::timeout(limit, self.read(max)).await {
-            Ok(Ok(0)) => Err(ClientError::Aborted),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ClientError::Io(e)),
-            Err(_) => Err(ClientError::BodyTimeout),
-        }
-    }
-
-    /// Writes `inbuf[range]` (relative to the unconsumed part) to the app without copying it.
-    async fn forward<W: AsyncWriteRent>(
-        &mut self,
-        wr: &mut W,
-        range: std::ops::Range<usize>,
-        limit: Duration,
-    ) -> Result<(), UpstreamError> {
-        if range.is_empty() {
-            return Ok(());
-        }
-        let (from, to) = (self.start + range.start, self.start + range.end);
-        self.inbuf
-            .lend(|buf| async move {
-                let (res, slice) = write_up(wr, buf.slice(from..to), limit).await;
-                (res, slice.map(|s| s.into_inner()))
-            })
-            .await
-    }
 }
 
 impl Session {
@@ -829,42 +759,6 @@ async fn send_body<W: AsyncWriteRent>(
             client.read_body(want, idle).await?;
         }
     }
-}
-
-/// Writes all of `buf` to the app within `limit`. Hands the buffer back (monoio's
-/// `BufResult` shape) unless the timeout cancelled the write while the kernel held it.
-async fn write_up<W: AsyncWriteRent, B: IoBuf>(
-    wr: &mut W,
-    buf: B,
-    limit: Duration,
-) -> (Result<(), UpstreamError>, Option<B>) {
-    match monoio::time::timeout(limit, wr.write_all(buf)).await {
-        Ok((Ok(_), buf)) => (Ok(()), Some(buf)),
-        Ok((Err(e), buf)) => (Err(UpstreamError::Io(e)), Some(buf)),
-        Err(_) => (Err(UpstreamError::WriteStalled), None),
-    }
-}
-
-/// Reads more bytes from the app, appended to `buf`, by `deadline` if one is given. `Ok(0)` at
-/// EOF. Hands the buffer back unless the deadline cancelled the read.
-async fn read_up<R: AsyncReadRent>(
-    rd: &mut R,
-    mut buf: PooledBuf,
-    deadline: Option<Instant>,
-) -> (Result<usize, UpstreamError>, Option<PooledBuf>) {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(buffers::BUF_CAPACITY);
-    }
-    let (len, cap) = (buf.len(), buf.capacity());
-    let read = rd.read(buf.slice_mut(len..cap));
-    let (res, slice) = match deadline {
-        None => read.await,
-        Some(at) => match monoio::time::timeout_at(at, read).await {
-            Ok(r) => r,
-            Err(_) => return (Err(UpstreamError::Timeout), None),
-        },
-    };
-    (res.map_err(UpstreamError::Io), Some(slice.into_inner()))
 }
 
 /// RFC 9110 §9.2.2: methods whose repetition has the same effect as running them once.

@@ -9,8 +9,15 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
+use monoio::time::Instant as Deadline;
+
+use super::buffers::{self, PooledBuf};
+use super::error::UpstreamError;
 
 /// An idle upstream connection older than this is probed before reuse: the app may have closed it.
 const PROBE_AFTER: Duration = Duration::from_secs(1);
@@ -106,4 +113,40 @@ fn still_open(stream: &TcpStream) -> bool {
         )
     };
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Writes all of `buf` to the app within `limit`. Hands the buffer back (monoio's
+/// `BufResult` shape) unless the timeout cancelled the write while the kernel held it.
+pub(super) async fn write_up<W: AsyncWriteRent, B: IoBuf>(
+    wr: &mut W,
+    buf: B,
+    limit: Duration,
+) -> (Result<(), UpstreamError>, Option<B>) {
+    match monoio::time::timeout(limit, wr.write_all(buf)).await {
+        Ok((Ok(_), buf)) => (Ok(()), Some(buf)),
+        Ok((Err(e), buf)) => (Err(UpstreamError::Io(e)), Some(buf)),
+        Err(_) => (Err(UpstreamError::WriteStalled), None),
+    }
+}
+
+/// Reads more bytes from the app, appended to `buf`, by `deadline` if one is given. `Ok(0)` at
+/// EOF. Hands the buffer back unless the deadline cancelled the read.
+pub(super) async fn read_up<R: AsyncReadRent>(
+    rd: &mut R,
+    mut buf: PooledBuf,
+    deadline: Option<Deadline>,
+) -> (Result<usize, UpstreamError>, Option<PooledBuf>) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(buffers::BUF_CAPACITY);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let read = rd.read(buf.slice_mut(len..cap));
+    let (res, slice) = match deadline {
+        None => read.await,
+        Some(at) => match monoio::time::timeout_at(at, read).await {
+            Ok(r) => r,
+            Err(_) => return (Err(UpstreamError::Timeout), None),
+        },
+    };
+    (res.map_err(UpstreamError::Io), Some(slice.into_inner()))
 }
