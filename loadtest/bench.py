@@ -111,6 +111,8 @@ def main():
     ap.add_argument("--out", required=True, help="JSON-lines file to append to")
     ap.add_argument("--raw", required=True, help="where to keep the tool's raw output")
     ap.add_argument("--upstream-status", help="stub_status URL of the upstream nginx")
+    ap.add_argument("--tags", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra fields for the result line (ab.sh: run number, load average)")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -149,6 +151,9 @@ def main():
         "upstream_conns": u1 - u0 - 1 if u0 is not None and u1 is not None else None,
         "terminator_alive": procstat.tree(a.pid) != [] and _alive(a.pid),
     })
+    for kv in a.tags:
+        k, _, v = kv.partition("=")
+        r[k] = _number(v)
     with open(a.out, "a") as f:
         f.write(json.dumps(r) + "\n")
     p50 = f"{r['p50_ms']:.2f}" if r["p50_ms"] is not None else "-"
@@ -158,6 +163,15 @@ def main():
           f"upstream conns {r['upstream_conns']}  rc {rc}")
     if not r["terminator_alive"]:
         print(f"  !! {a.target} (pid {a.pid}) is no longer running", file=sys.stderr)
+
+
+def _number(v):
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _alive(pid):

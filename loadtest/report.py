@@ -16,6 +16,8 @@ COLORS = {"certgate": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1864ab"}
 SCENARIOS = [
     ("ka-tls", "keep-alive TLS, no client cert (wrk -c32)"),
     ("ka-mtls", "keep-alive mTLS (oha -c32 --cert)"),
+    ("ka-mtls-ops", "certgate only: ka-mtls with the JSON access log (to a file) and /metrics "
+                    "scraped every second"),
     ("new-resume", "new connection per request, resumed session, client cert"),
     ("new-full", "new connection per request, full handshake, no client cert (oha -c32)"),
     ("new-full-mtls", "new connection per request, full handshake, client cert (oha -c32)"),
@@ -47,6 +49,12 @@ def load(work):
     meta = json.load(open(os.path.join(work, "meta.json")))
     notes_path = os.path.join(work, "notes.txt")
     notes = [l.strip() for l in open(notes_path)] if os.path.exists(notes_path) else []
+    checks = [r for r in rows if r.get("kind") == "ops_check"]
+    rows = [r for r in rows if r.get("kind") != "ops_check"]
+    notes += [f"ka-mtls-ops: {c['access_lines']} access-log lines for {c['requests_2xx']} "
+              f"completed requests ({c['aborted_at_deadline']} aborted by oha at the deadline), "
+              f"statuses {c['access_status']}; /metrics scraped {c['scrapes_ok']} times "
+              f"({c['scrapes_failed']} failed)" for c in checks]
     return rows, meta, [n for n in notes if n]
 
 
@@ -85,6 +93,10 @@ def markdown(rows, meta, notes):
             continue
         out.append(f"| {s} | {fmt(c[0])} | {fmt(c[1])} | {fmt(c[2])} | "
                    f"**{ratio(c[0], c[1])}** | **{ratio(c[0], c[2])}** |")
+    cg, ops = (by.get(("certgate", s), {}).get("cpu_us_per_req") for s in ("ka-mtls", "ka-mtls-ops"))
+    if cg and ops:
+        out += ["", f"Operations overhead, certgate ka-mtls-ops ÷ ka-mtls: **{ops / cg:.2f}×** "
+                "(one run each; `loadtest/ab.sh --ops` interleaves several, quote that)."]
     out += ["", "## All figures", "",
             "| scenario | target | req/s | p50 ms | p99 ms | CPU µs/req | core % | errors | "
             "upstream conns opened |",

@@ -7,7 +7,10 @@
 #   sudo QUICK=1 loadtest/run.sh         # 3 s per scenario, a smoke test
 #
 # Other knobs: IDLE_CONNS (default 2000), SKIP_INSTALL=1, SKIP_BUILD=1, PERF=1 (profile
-# certgate with perf during ka-mtls and new-full-mtls), PORT_BASE (default 18440).
+# certgate with perf during ka-mtls and new-full-mtls), PORT_BASE (default 18440), CERTGATE_BIN
+# (with SKIP_BUILD=1: measure that binary instead of target/release/certgate), OHA_VERSION.
+#
+# loadtest/ab.sh sources this file for its helpers (main only runs when it is executed).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,8 +21,11 @@ DURATION=${DURATION:-10}
 [[ ${QUICK:-0} == 1 ]] && DURATION=3
 IDLE_CONNS=${IDLE_CONNS:-2000}
 PORT_BASE=${PORT_BASE:-18440}
+OHA_VERSION=${OHA_VERSION:-1.16.0}   # the version the results in results/ were measured with
+CERTGATE_BIN=${CERTGATE_BIN:-$ROOT/target/release/certgate}   # set it (and SKIP_BUILD=1) to measure a copied binary
 UPSTREAM_PORT=$((PORT_BASE + 0))
 declare -A PORT=([certgate]=$((PORT_BASE + 3)) [nginx]=$((PORT_BASE + 4)) [haproxy]=$((PORT_BASE + 5)))
+ADMIN_PORT=$((PORT_BASE + 6))   # certgate's admin listener in ka-mtls-ops
 TARGETS=(certgate nginx haproxy)
 TERM_CPU=0   # the terminator under test, alone
 GEN_CPU=1    # load generator and upstream share the other core
@@ -54,6 +60,16 @@ trap 'exit 130' INT TERM
 start() {
   local name=$1 cpu=$2; shift 2
   taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
+  PID[$name]=$!
+  STARTED+=("$!")
+}
+
+# start_certgate NAME BINARY CONFIG: like start, on the terminator core, but stdout (the access
+# log, when one is configured) goes to work/logs/NAME.access and stderr to work/logs/NAME.log.
+start_certgate() {
+  local name=$1 bin=$2 conf=$3
+  CERTGATE_LOG=warn taskset -c "$TERM_CPU" "$bin" --config "$conf" \
+    >"$WORK/logs/$name.access" 2>"$WORK/logs/$name.log" &
   PID[$name]=$!
   STARTED+=("$!")
 }
@@ -102,8 +118,8 @@ install_tools() {
     export PATH=$HOME/.cargo/bin:$PATH
   fi
   if ! command -v oha >/dev/null; then
-    log "installing oha with cargo (takes several minutes on 2 cores)"
-    cargo install oha --locked || warn "oha could not be installed: scenarios ka-mtls, new-full, new-full-mtls (and new-resume unless openssl s_time is used) are skipped"
+    log "installing oha $OHA_VERSION with cargo (takes several minutes on 2 cores)"
+    cargo install oha --version "$OHA_VERSION" --locked || warn "oha could not be installed: scenarios ka-mtls, new-full, new-full-mtls (and new-resume unless openssl s_time is used) are skipped"
   fi
 }
 
@@ -175,15 +191,19 @@ http {
     # each terminator opened per scenario.
     location = /status { stub_status; }
     location /xfcc { return 200 "xfcc=\$http_x_forwarded_client_cert\n"; }
+    # A 64 KiB response (ab.sh's ka-tls-64k): a static file, Content-Length framing.
+    location = /64k { alias $d/64k.bin; }
   }
 }
 EOF
+  head -c 65536 /dev/zero | tr '\0' x >"$d/64k.bin"
   start upstream "$GEN_CPU" nginx -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" -g 'daemon off;'
   wait_port "$UPSTREAM_PORT" upstream
 }
 
 # ---------------------------------------------------------------------------------------------
-# 5. The terminators. $1 = on|off: TLS session resumption (tickets and session cache).
+# 5. The terminators. $1 = on|off: TLS session resumption (tickets and session cache);
+# certgate_conf's $2 = certgate's port (default: PORT[certgate]).
 certgate_conf() {
   cat <<EOF
 [server]
@@ -192,13 +212,59 @@ pin_workers = false   # taskset pins the whole process to core $TERM_CPU
 
 [[listener]]
 name = "loadtest"
-bind = "127.0.0.1:${PORT[certgate]}"
+bind = "127.0.0.1:${2:-${PORT[certgate]}}"
 cert = "$WORK/certs/server.pem"
 key = "$WORK/certs/server.key"
 client_certificate_mode = "accept"
 upstream = "127.0.0.1:$UPSTREAM_PORT"
 session_resumption = $([[ $1 == on ]] && echo true || echo false)
 EOF
+}
+
+# The operations features of ka-mtls-ops, appended to certgate_conf: one JSON access line per
+# request on stdout (start_certgate sends it to a file) and the admin listener on port $1,
+# whose /metrics scrape_loop fetches every second.
+certgate_ops_conf() {
+  cat <<EOF
+
+[admin]
+bind = "127.0.0.1:$1"
+
+[log]
+access = "json"
+EOF
+}
+
+# scrape_loop PORT OUT: GET /metrics every second, on the generator core, until killed. One
+# line per scrape in OUT (the HTTP status, or "fail"); the last body in OUT.body.
+scrape_loop() {
+  local port=$1 out=$2
+  : >"$out"
+  while :; do
+    taskset -c "$GEN_CPU" curl -s --max-time 2 -o "$out.body" -w '%{http_code}\n' \
+      "http://127.0.0.1:$port/metrics" >>"$out" 2>/dev/null || echo fail >>"$out"
+    sleep 1
+  done
+}
+
+# ops_run TARGET SCENARIO ADMIN_PORT CMD...: CMD (a bench/oha_run call) with scrape_loop beside
+# it, then ops_check.py compares the access-log lines and certgate_requests_total with the
+# requests the load generator completed and appends its findings to the results.
+ops_run() {
+  local t=$1 s=$2 aport=$3 lines0 sp scr=$WORK/logs/scrapes-$1.txt; shift 3
+  sleep 1.5  # certgate flushes its access-log buffer every second: count earlier requests before
+  lines0=$(wc -l <"$WORK/logs/$t.access")
+  scrape_loop "$aport" "$scr" &
+  sp=$!
+  STARTED+=("$sp")
+  "$@"
+  kill "$sp" 2>/dev/null || true
+  wait "$sp" 2>/dev/null || true
+  sleep 1.5  # certgate flushes its access-log buffer every second
+  python3 "$HERE/ops_check.py" --results "$RESULTS_JSONL" --access "$WORK/logs/$t.access" \
+    --from-line "$lines0" --scrapes "$scr" --metrics "http://127.0.0.1:$aport/metrics" \
+    ${BENCH_TAGS:+--tags $BENCH_TAGS} \
+    || warn "$t $s: access-log lines, scrapes or certgate_requests_total do not match the requests"
 }
 
 nginx_conf() {
@@ -282,7 +348,7 @@ start_terminators() {
   certgate_conf "$mode" >"$WORK/certgate-$mode.toml"
   nginx_conf "$mode" >"$WORK/nginx-$mode.conf"
   haproxy_conf "$mode" >"$WORK/haproxy-$mode.cfg"
-  CERTGATE_LOG=warn start certgate "$TERM_CPU" "$ROOT/target/release/certgate" --config "$WORK/certgate-$mode.toml"
+  start_certgate certgate "$CERTGATE_BIN" "$WORK/certgate-$mode.toml"
   start nginx "$TERM_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx-$mode.conf" -e "$WORK/nginx/logs/error.log" -g 'daemon off;'
   start haproxy "$TERM_CPU" haproxy -db -f "$WORK/haproxy-$mode.cfg"
   for t in "${TARGETS[@]}"; do wait_port "${PORT[$t]}" "$t"; done
@@ -334,9 +400,10 @@ bench() {
     perf record -q -F 499 -g -p "${PID[certgate]}" -o "$WORK/perf-$s.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perfpid=$!
   fi
+  # BENCH_TAGS ("key=value ...", added to the result line) and RAW_SUFFIX label ab.sh's runs.
   python3 "$HERE/bench.py" --target "$t" --scenario "$s" --pid "${PID[$t]}" --tool "$tool" \
-    --duration "$DURATION" --out "$RESULTS_JSONL" --raw "$WORK/raw/$s-$t.txt" \
-    --upstream-status "http://127.0.0.1:$UPSTREAM_PORT/status" \
+    --duration "$DURATION" --out "$RESULTS_JSONL" --raw "$WORK/raw/$s-$t${RAW_SUFFIX:-}.txt" \
+    --upstream-status "http://127.0.0.1:$UPSTREAM_PORT/status" ${BENCH_TAGS:+--tags $BENCH_TAGS} \
     -- taskset -c "$GEN_CPU" "$@"
   if [[ -n $perfpid ]]; then
     wait "$perfpid" || true
@@ -387,6 +454,7 @@ scenarios_resumption_on() {
   if [[ -z $OHA ]]; then warn "oha missing: ka-mtls skipped"; else
     log "ka-mtls: keep-alive mTLS (oha -c 32 --cert --key)"
     for t in "${TARGETS[@]}"; do oha_run "$t" ka-mtls --cert "$c/client.pem" --key "$c/client.key"; done
+    ka_mtls_ops
   fi
   log "new-resume: new connection per request, session resumption, client certificate"
   if [[ -n $OHA ]] && oha_resumes; then
@@ -413,6 +481,25 @@ scenarios_resumption_on() {
   fi
 }
 
+# ka-mtls-ops: certgate alone, ka-mtls with the access log (JSON, to a file) and /metrics scraped
+# every second. certgate is restarted with that config and afterwards restarted plain. One run
+# beside ka-mtls; `loadtest/ab.sh --ops` interleaves the two several times (the figure to quote).
+ka_mtls_ops() {
+  local c=$WORK/certs conf=$WORK/certgate-ops.toml
+  log "ka-mtls-ops: certgate only; ka-mtls with access log (json, to a file) and /metrics scraped every second"
+  { certgate_conf on; certgate_ops_conf "$ADMIN_PORT"; } >"$conf"
+  stop certgate
+  start_certgate certgate "$CERTGATE_BIN" "$conf"
+  wait_port "${PORT[certgate]}" certgate
+  verify certgate on
+  ops_run certgate ka-mtls-ops "$ADMIN_PORT" \
+    oha_run certgate ka-mtls-ops --cert "$c/client.pem" --key "$c/client.key"
+  stop certgate
+  start_certgate certgate "$CERTGATE_BIN" "$WORK/certgate-on.toml"
+  wait_port "${PORT[certgate]}" certgate
+  verify certgate on
+}
+
 scenarios_resumption_off() {
   local c=$WORK/certs t
   if [[ -z $OHA ]]; then warn "oha missing: new-full and new-full-mtls skipped"; return 0; fi
@@ -427,7 +514,7 @@ scenarios_resumption_off() {
 # ---------------------------------------------------------------------------------------------
 # 7. Metadata for the report header.
 write_meta() {
-  local commit; commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  local commit; commit=${CERTGATE_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
   python3 - "$WORK/meta.json" <<EOF
 import json, sys
 json.dump({
@@ -441,7 +528,7 @@ json.dump({
   "loadavg_start": "$LOADAVG_START",
   "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "versions": {
-    "certgate": "$("$ROOT/target/release/certgate" --version 2>&1 | head -1)",
+    "certgate": "$("$CERTGATE_BIN" --version 2>&1 | head -1)",
     "nginx": "$(nginx -v 2>&1 | sed 's/.*: //')",
     "haproxy": "$(haproxy -v | head -1 | awk '{print $3}')",
     "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $2}')",
@@ -467,7 +554,7 @@ main() {
 
   [[ ${SKIP_INSTALL:-0} == 1 ]] || install_tools
   [[ ${SKIP_BUILD:-0} == 1 ]] || build
-  [[ -x $ROOT/target/release/certgate ]] || die "no certgate binary"
+  [[ -x $CERTGATE_BIN ]] || die "no certgate binary at $CERTGATE_BIN"
   check_ports
   detect_oha
   make_certs
@@ -487,4 +574,4 @@ main() {
   python3 "$HERE/report.py" --work "$WORK" --results "$RESULTS"
 }
 
-main "$@"
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi
