@@ -725,7 +725,7 @@ impl FileListener {
                 let mut tokens = Vec::with_capacity(list.len());
                 for token in list {
                     let lower = token.trim().to_ascii_lowercase();
-                    if lower.is_empty() || !lower.bytes().all(is_token_char) {
+                    if lower.is_empty() || !lower.bytes().all(crate::http::is_tchar) {
                         return Err(ConfigError::invalid(
                             key("upgrade"),
                             format!("{token:?} is not a protocol name (e.g. \"websocket\")"),
@@ -781,11 +781,6 @@ impl FileListener {
             passthrough,
         })
     }
-}
-
-/// RFC 9110 token characters (protocol names in `Upgrade`).
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// host:port → the first address the resolver returns.

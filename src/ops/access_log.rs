@@ -82,53 +82,125 @@ pub fn write_line(format: AccessLogFormat, rec: &AccessRecord<'_>, out: &mut Vec
     }
 }
 
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Appends one JSON object and a newline.
 pub fn write_json(rec: &AccessRecord<'_>, out: &mut Vec<u8>) {
+    write_record(Style::Json, rec, out);
+}
+
+/// Appends one line of `key=value` pairs (logfmt) and a newline. A missing value is `-`.
+pub fn write_text(rec: &AccessRecord<'_>, out: &mut Vec<u8>) {
+    write_record(Style::Text, rec, out);
+}
+
+/// The two formats differ only in how a key, a string and a missing value are written; the
+/// fields and their order are one list (`write_record`).
+#[derive(Debug, Clone, Copy)]
+enum Style {
+    Json,
+    Text,
+}
+
+impl Style {
+    fn key(self, s: &mut String, name: &str) {
+        let first = s.is_empty();
+        match self {
+            Style::Json => {
+                s.push_str(if first { "{\"" } else { ",\"" });
+                s.push_str(name);
+                s.push_str("\":");
+            }
+            Style::Text => {
+                if !first {
+                    s.push(' ');
+                }
+                s.push_str(name);
+                s.push('=');
+            }
+        }
+    }
+
+    /// A string from the request or the certificate: escaped.
+    fn string(self, s: &mut String, bytes: &[u8]) {
+        match self {
+            Style::Json => json_str(s, bytes),
+            Style::Text => text_value(s, bytes),
+        }
+    }
+
+    /// A string certgate formatted itself (a time, an address): nothing to escape.
+    fn own(self, s: &mut String, value: impl std::fmt::Display) {
+        let _ = match self {
+            Style::Json => write!(s, "\"{value}\""),
+            Style::Text => write!(s, "{value}"),
+        };
+    }
+
+    fn none(self, s: &mut String) {
+        s.push_str(match self {
+            Style::Json => "null",
+            Style::Text => "-",
+        });
+    }
+
+    fn opt_string(self, s: &mut String, v: Option<&str>) {
+        match v {
+            Some(v) => self.string(s, v.as_bytes()),
+            None => self.none(s),
+        }
+    }
+
+    fn end(self, s: &mut String) {
+        s.push_str(match self {
+            Style::Json => "}\n",
+            Style::Text => "\n",
+        });
+    }
+}
+
+fn write_record(style: Style, rec: &AccessRecord<'_>, out: &mut Vec<u8>) {
     let mut s = String::with_capacity(320);
     // Writing into a String cannot fail.
-    let _ = write!(
-        s,
-        "{{\"ts\":\"{}\",\"listener\":",
-        humantime::format_rfc3339_millis(rec.ts)
-    );
-    json_str(&mut s, rec.listener.as_bytes());
-    let _ = write!(s, ",\"client\":\"{}\",\"tls_version\":", rec.client);
-    json_str(&mut s, rec.tls_version.as_bytes());
-    let _ = write!(s, ",\"resumed\":{},\"client_cert_sha256\":", rec.resumed);
-    json_opt(&mut s, rec.client_cert_sha256);
-    s.push_str(",\"client_cert_subject\":");
-    json_opt(&mut s, rec.client_cert_subject);
-    s.push_str(",\"method\":");
-    json_str(&mut s, rec.method);
-    s.push_str(",\"path\":");
-    json_str(&mut s, rec.path);
-    let _ = write!(
-        s,
-        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"upstream_ms\":",
-        rec.status,
-        rec.bytes_in,
-        rec.bytes_out,
-        millis(rec.duration)
-    );
+    style.key(&mut s, "ts");
+    style.own(&mut s, humantime::format_rfc3339_millis(rec.ts));
+    style.key(&mut s, "listener");
+    style.string(&mut s, rec.listener.as_bytes());
+    style.key(&mut s, "client");
+    style.own(&mut s, rec.client);
+    style.key(&mut s, "tls_version");
+    style.string(&mut s, rec.tls_version.as_bytes());
+    style.key(&mut s, "resumed");
+    let _ = write!(s, "{}", rec.resumed);
+    style.key(&mut s, "client_cert_sha256");
+    style.opt_string(&mut s, rec.client_cert_sha256);
+    style.key(&mut s, "client_cert_subject");
+    style.opt_string(&mut s, rec.client_cert_subject);
+    style.key(&mut s, "method");
+    style.string(&mut s, rec.method);
+    style.key(&mut s, "path");
+    style.string(&mut s, rec.path);
+    for (name, n) in [
+        ("status", u64::from(rec.status)),
+        ("bytes_in", rec.bytes_in),
+        ("bytes_out", rec.bytes_out),
+    ] {
+        style.key(&mut s, name);
+        let _ = write!(s, "{n}");
+    }
+    style.key(&mut s, "duration_ms");
+    let _ = write!(s, "{:.3}", millis(rec.duration));
+    style.key(&mut s, "upstream_ms");
     match rec.upstream {
         Some(d) => {
             let _ = write!(s, "{:.3}", millis(d));
         }
-        None => s.push_str("null"),
+        None => style.none(&mut s),
     }
-    s.push_str("}\n");
+    style.end(&mut s);
     out.extend_from_slice(s.as_bytes());
 }
 
-fn json_opt(s: &mut String, v: Option<&str>) {
-    match v {
-        Some(v) => json_str(s, v.as_bytes()),
-        None => s.push_str("null"),
-    }
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Characters that could end or fake a line in some viewer: C0, DEL, C1, and the Unicode
@@ -156,50 +228,6 @@ fn json_str(s: &mut String, bytes: &[u8]) {
         }
     }
     s.push('"');
-}
-
-/// Appends one line of `key=value` pairs (logfmt) and a newline. A missing value is `-`.
-pub fn write_text(rec: &AccessRecord<'_>, out: &mut Vec<u8>) {
-    let mut s = String::with_capacity(256);
-    let _ = write!(
-        s,
-        "ts={} listener=",
-        humantime::format_rfc3339_millis(rec.ts)
-    );
-    text_value(&mut s, rec.listener.as_bytes());
-    let _ = write!(s, " client={} tls_version=", rec.client);
-    text_value(&mut s, rec.tls_version.as_bytes());
-    let _ = write!(s, " resumed={} client_cert_sha256=", rec.resumed);
-    text_opt(&mut s, rec.client_cert_sha256);
-    s.push_str(" client_cert_subject=");
-    text_opt(&mut s, rec.client_cert_subject);
-    s.push_str(" method=");
-    text_value(&mut s, rec.method);
-    s.push_str(" path=");
-    text_value(&mut s, rec.path);
-    let _ = write!(
-        s,
-        " status={} bytes_in={} bytes_out={} duration_ms={:.3} upstream_ms=",
-        rec.status,
-        rec.bytes_in,
-        rec.bytes_out,
-        millis(rec.duration)
-    );
-    match rec.upstream {
-        Some(d) => {
-            let _ = write!(s, "{:.3}", millis(d));
-        }
-        None => s.push('-'),
-    }
-    s.push('\n');
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn text_opt(s: &mut String, v: Option<&str>) {
-    match v {
-        Some(v) => text_value(s, v.as_bytes()),
-        None => s.push('-'),
-    }
 }
 
 /// A logfmt value: bare when it is plain printable ASCII without `"`, `=`, `\` or space,
