@@ -468,7 +468,8 @@ impl Session {
         out: PooledBuf,
     ) -> Attempt {
         let limit = self.ctx.timeouts.upstream_response;
-        let asked = StdInstant::now();
+        // Only the access log reports the app's own time: no clock read without it.
+        let asked = self.info.is_some().then(StdInstant::now);
         let (sent, out) = write_up(&mut up.wr, out, limit).await;
         if let Err(e) = sent {
             return Attempt {
@@ -500,7 +501,7 @@ impl Session {
         let read = self
             .read_response_head(head, upgrade, up, upbuf, limit)
             .await;
-        self.tally.upstream = Some(asked.elapsed());
+        self.tally.upstream = asked.map(|t| t.elapsed());
         match read {
             Ok((resp, upbuf)) => Attempt {
                 result: Ok(Answer {

@@ -34,7 +34,8 @@ pub struct TlsConn {
     /// sequence.
     dead: bool,
     /// SHA-256 (hex) of the client certificate the verifier refused, for the refusal log line.
-    refused_leaf: Option<[u8; 64]>,
+    /// Boxed: set only on a refusal, and every idle connection carries this struct.
+    refused_leaf: Option<Box<[u8; 64]>>,
 }
 
 /// Most bytes read and dropped while lingering before a close.
@@ -68,7 +69,7 @@ impl TlsConn {
 
     /// The SHA-256 (hex) of the client certificate refused during the handshake, if any.
     pub fn rejected_leaf(&self) -> Option<[u8; 64]> {
-        self.refused_leaf
+        self.refused_leaf.as_deref().copied()
     }
 
     /// The local address of the client connection.
@@ -196,7 +197,7 @@ impl TlsConn {
         if let Err(e) = self.tls.process_new_packets() {
             // Taken synchronously after the verifier ran (a refusal always fails this call):
             // by the first await another connection of this worker could refuse one too.
-            self.refused_leaf = crate::tls::verify::take_refused_leaf();
+            self.refused_leaf = crate::tls::verify::take_refused_leaf().map(Box::new);
             // rustls queued the matching alert; try to deliver it before giving up.
             let _ = self.flush().await;
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
