@@ -14,30 +14,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TESTSSL_TIMEOUT="${TESTSSL_TIMEOUT:-900}"
-TMP="$(mktemp -d -t certgate-testssl.XXXXXX)"
-PIDS=()
+SCRIPT=testssl
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
 
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
-        echo "testssl.sh: kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 2' INT TERM
-
-die() {
-    echo "testssl.sh: $*" >&2
-    exit 2
-}
 
 # --- tools -------------------------------------------------------------------------------------
 if ! command -v testssl >/dev/null 2>&1; then
@@ -74,22 +54,9 @@ EXT
 openssl x509 -req -in "$TMP/server.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" \
     -CAcreateserial -sha256 -days 365 -extfile "$TMP/server.ext" -out "$TMP/server.pem" 2>/dev/null
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 UP_PORT="$(free_port)"
 TLS_PORT="$(free_port)"
 
-wait_port() { # port seconds
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # --- upstream + certgate -----------------------------------------------------------------------
 mkdir -p "$TMP/www"

@@ -78,30 +78,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HERE="$ROOT/scripts"
 PLAN="$HERE/tlsfuzzer-expected.txt"
-TMP="$(mktemp -d -t certgate-tlsfuzzer.XXXXXX)"
-PIDS=()
+SCRIPT=tlsfuzzer
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
 
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
-        echo "tlsfuzzer.sh: kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 2' INT TERM
-
-die() {
-    echo "tlsfuzzer.sh: $*" >&2
-    exit 2
-}
 
 [[ $# -ge 1 ]] || die "usage: $0 TLSFUZZER_CHECKOUT [run-id ...]"
 TLSFUZZER="$(cd "$1" && pwd)" || die "no such directory: $1"
@@ -183,19 +163,6 @@ EXT
 pki >"$TMP/pki.log" 2>&1 || { cat "$TMP/pki.log" >&2; die "openssl failed"; }
 
 # --- upstream + certgate -----------------------------------------------------------------------
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_port() { # port seconds
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 UP_PORT="$(free_port)"
 IGNORE_PORT="$(free_port)"
 ACCEPT_PORT="$(free_port)"
