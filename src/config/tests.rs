@@ -160,7 +160,7 @@ fn omitted_sections_take_documented_defaults() {
 
 #[test]
 fn shipped_example_parses() {
-    let c = parse(include_str!("../examples/certgate.toml")).unwrap();
+    let c = parse(include_str!("../../examples/certgate.toml")).unwrap();
     assert!(!c.listeners.is_empty());
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.limits, Limits::default());
