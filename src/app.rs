@@ -94,6 +94,10 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
                 keys.encrypting(),
             ));
         }
+        let upstream_tls = tls::upstream::UpstreamTlsPlan::load(listener)?;
+        if let Some(plan) = &upstream_tls {
+            built.summary.push_str(&plan.summary(listener));
+        }
         summaries.push(built.summary);
         plans.push(ListenerPlan {
             name: listener.name.clone(),
@@ -109,6 +113,7 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
             protocol: listener.protocol,
             upstream_proxy_protocol: listener.upstream_proxy_protocol,
             passthrough: listener.passthrough.clone(),
+            upstream_tls,
         });
     }
     Ok(Prepared {

@@ -135,6 +135,17 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A server certificate valid only 2000-01-01 .. 2001-01-01, for expiry tests.
+    pub fn expired_server_cert(&self, names: &[&str]) -> Result<Issued, PkiError> {
+        let mut params = leaf_params(names.first().copied().unwrap_or("certgate server"));
+        for name in names {
+            params.subject_alt_names.push(san(name)?);
+        }
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        self.sign(params)
+    }
+
     /// A client certificate with the clientAuth EKU.
     pub fn client_cert(&self, common_name: &str) -> Result<Issued, PkiError> {
         self.sign(client_params(common_name))

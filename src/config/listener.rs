@@ -32,10 +32,27 @@ pub struct Listener {
     pub upgrade: Vec<String>,
     /// What the decrypted stream is: HTTP/1.1 requests, or bytes relayed as they are.
     pub protocol: ListenerProtocol,
-    /// The PROXY header sent first on each upstream connection (`tcp` listeners).
+    /// The PROXY header sent first on each upstream connection. On an HTTP listener it makes
+    /// each client's upstream connection its own (not pooled across clients).
     pub upstream_proxy_protocol: ProxyVersion,
     /// Server names whose TLS is not terminated here: relayed to their own upstream.
     pub passthrough: SniRoutes,
+    /// `upstream = "https://…"`: TLS to the upstream, verified against these anchors.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// TLS to the upstream (`upstream = "https://host:port"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// `upstream_ca`: the app's trust anchors (PEM); required, so that nobody is trusted by
+    /// accident (there is no system store in a minimal image, and an edge proxy talking to
+    /// its own apps should name their CA).
+    pub ca: PathBuf,
+    /// `upstream_server_name`: the name the app's certificate must carry and the SNI sent;
+    /// default the host in `upstream`.
+    pub server_name: String,
+    /// `upstream_cert`/`upstream_key`: certgate's own client certificate for the app's mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +74,10 @@ pub(super) struct FileListener {
     upstream_proxy_protocol: ProxyVersion,
     #[serde(default)]
     passthrough: Vec<FilePassthrough>,
+    upstream_ca: Option<PathBuf>,
+    upstream_server_name: Option<String>,
+    upstream_cert: Option<PathBuf>,
+    upstream_key: Option<PathBuf>,
 }
 
 /// `[[listener.passthrough]]`.
@@ -83,12 +104,14 @@ impl FileListener {
                 ),
             )
         })?;
+        let (tls, upstream_authority) = split_scheme(self.upstream.trim())
+            .map_err(|message| ConfigError::invalid(key("upstream"), message))?;
+        let upstream_tls = self.upstream_tls(tls, &upstream_authority, base_dir, &key)?;
         let name = match self.name {
             Some(name) if !name.trim().is_empty() => name,
             Some(_) => return Err(ConfigError::invalid(key("name"), "must not be empty")),
             None => bind.to_string(),
         };
-        let upstream_authority = self.upstream.trim().to_owned();
         let upstream = resolve(&upstream_authority).map_err(|reason| {
             ConfigError::invalid(
                 key("upstream"),
@@ -115,16 +138,6 @@ impl FileListener {
                 tokens
             }
         };
-        if self.protocol == ListenerProtocol::Http
-            && self.upstream_proxy_protocol != ProxyVersion::Off
-        {
-            // A pooled upstream connection carries requests of many clients, so one header
-            // per connection cannot name the client; not supported on HTTP listeners yet.
-            return Err(ConfigError::invalid(
-                key("upstream_proxy_protocol"),
-                "is only supported with protocol = \"tcp\" (HTTP listeners forward the client in X-Forwarded-For and Forwarded)",
-            ));
-        }
         let mut passthrough = SniRoutes::default();
         for (i, entry) in self.passthrough.iter().enumerate() {
             let field = |f: &str| key(&format!("passthrough[{i}].{f}"));
@@ -158,8 +171,114 @@ impl FileListener {
             protocol: self.protocol,
             upstream_proxy_protocol: self.upstream_proxy_protocol,
             passthrough,
+            upstream_tls,
         })
     }
+
+    /// The `upstream_*` TLS keys, which belong to an `https` upstream and only to one.
+    fn upstream_tls(
+        &self,
+        https: bool,
+        authority: &str,
+        base_dir: &Path,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<UpstreamTls>, ConfigError> {
+        if !https {
+            let stray = [
+                ("upstream_ca", self.upstream_ca.is_some()),
+                ("upstream_server_name", self.upstream_server_name.is_some()),
+                ("upstream_cert", self.upstream_cert.is_some()),
+                ("upstream_key", self.upstream_key.is_some()),
+            ];
+            if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::invalid(
+                    key(name),
+                    "only applies to TLS upstreams: write upstream = \"https://host:port\"",
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(ca) = &self.upstream_ca else {
+            return Err(ConfigError::invalid(
+                key("upstream_ca"),
+                "is required with an https upstream: the PEM file of the CA(s) that issued the app's certificate",
+            ));
+        };
+        let server_name = match &self.upstream_server_name {
+            Some(name) => name.trim().to_owned(),
+            None => host_of(authority).to_owned(),
+        };
+        if rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            return Err(ConfigError::invalid(
+                key("upstream_server_name"),
+                format!("{server_name:?} is not a DNS name or IP address"),
+            ));
+        }
+        let client_cert = match (&self.upstream_cert, &self.upstream_key) {
+            (Some(cert), Some(k)) => Some((base_dir.join(cert), base_dir.join(k))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    key("upstream_key"),
+                    "is required with upstream_cert",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    key("upstream_cert"),
+                    "is required with upstream_key",
+                ))
+            }
+        };
+        Ok(Some(UpstreamTls {
+            ca: base_dir.join(ca),
+            server_name,
+            client_cert,
+        }))
+    }
+}
+
+/// `upstream` as written → (TLS?, host:port). No scheme and `http://` mean plain TCP;
+/// `https://` means TLS, port 443 unless given. Nothing may follow the authority: the
+/// upstream is a connection, not a URL prefix.
+fn split_scheme(upstream: &str) -> Result<(bool, String), String> {
+    let lower = upstream.to_ascii_lowercase();
+    let (https, rest) = if lower.starts_with("https://") {
+        (true, &upstream["https://".len()..])
+    } else if lower.starts_with("http://") {
+        (false, &upstream["http://".len()..])
+    } else if upstream.contains("://") {
+        return Err(format!(
+            "{upstream:?}: the scheme must be http:// or https://"
+        ));
+    } else {
+        (false, upstream)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{upstream:?} must be host:port, optionally after http:// or https:// (no path)"
+        ));
+    }
+    let has_port = match rest.rfind(']') {
+        Some(close) => rest[close..].contains(':'),
+        None => rest.contains(':'),
+    };
+    Ok(match (has_port, https) {
+        (true, _) => (https, rest.to_owned()),
+        (false, true) => (true, format!("{rest}:443")),
+        (false, false) => (false, format!("{rest}:80")),
+    })
+}
+
+/// The host of `host:port` (IPv6 without its brackets).
+fn host_of(authority: &str) -> &str {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// host:port → the first address the resolver returns.

@@ -266,10 +266,16 @@ impl Config {
     pub fn files(&self) -> Vec<&Path> {
         let mut files: Vec<&Path> = self.server.ticket_keys.as_deref().into_iter().collect();
         for l in &self.listeners {
+            let tls = l.upstream_tls.as_ref();
             let named = [
                 Some(l.cert.as_path()),
                 Some(l.key.as_path()),
                 l.client_ca.as_deref(),
+                tls.map(|t| t.ca.as_path()),
+                tls.and_then(|t| t.client_cert.as_ref())
+                    .map(|c| c.0.as_path()),
+                tls.and_then(|t| t.client_cert.as_ref())
+                    .map(|c| c.1.as_path()),
             ];
             for path in named.into_iter().flatten() {
                 if !files.contains(&path) {
@@ -334,7 +340,7 @@ mod file;
 mod listener;
 
 use file::FileConfig;
-pub use listener::Listener;
+pub use listener::{Listener, UpstreamTls};
 
 #[cfg(test)]
 mod tests;

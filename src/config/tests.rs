@@ -520,3 +520,34 @@ fn passthrough_entries_are_checked_and_named_in_errors() {
         format!("{base}[[listener.passthrough]]\nserver_names = []\nupstream = \"127.0.0.1:1\"\n");
     assert!(parse(&empty).is_err());
 }
+
+#[test]
+fn upstream_schemes_and_default_ports() {
+    let with = |upstream: &str, extra: &str| {
+        parse(&MINIMAL.replace(
+            "upstream = \"127.0.0.1:8080\"",
+            &format!("upstream = \"{upstream}\"\n{extra}"),
+        ))
+    };
+    let plain = with("http://127.0.0.1:8080", "").unwrap();
+    assert_eq!(plain.listeners[0].upstream_authority, "127.0.0.1:8080");
+    assert!(plain.listeners[0].upstream_tls.is_none());
+    let c = with("https://localhost", "upstream_ca = \"app-ca.pem\"").unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.upstream_authority, "localhost:443");
+    assert_eq!(l.upstream.port(), 443);
+    let tls = l.upstream_tls.as_ref().unwrap();
+    assert_eq!(
+        tls.server_name, "localhost",
+        "defaults to the upstream's host"
+    );
+    assert!(tls.ca.ends_with("app-ca.pem"));
+    let c = with("HTTPS://[::1]:8443/", "upstream_ca = \"a.pem\"").unwrap();
+    assert_eq!(c.listeners[0].upstream_authority, "[::1]:8443");
+    assert_eq!(
+        c.listeners[0].upstream_tls.as_ref().unwrap().server_name,
+        "::1"
+    );
+    let e = with("https://user@host:1", "upstream_ca = \"a.pem\"").unwrap_err();
+    assert!(e.to_string().contains("listener[0].upstream"), "{e}");
+}

@@ -31,7 +31,7 @@ pub enum ClientError {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream connect: {0}")]
-    Connect(io::Error),
+    Connect(#[from] super::upstream::ConnectError),
     #[error("upstream I/O: {0}")]
     Io(io::Error),
     #[error("upstream closed before sending a response")]
@@ -114,6 +114,7 @@ pub fn upstream_kind(err: &ProxyError) -> Option<UpstreamErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::upstream::ConnectError;
 
     #[test]
     fn started_response_is_never_followed_by_an_error_response() {
@@ -126,7 +127,10 @@ mod tests {
     fn upstream_failures_before_the_response_are_502() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert_eq!(
-            effect(&UpstreamError::Connect(refused).into(), false),
+            effect(
+                &UpstreamError::Connect(ConnectError::Tcp(refused)).into(),
+                false
+            ),
             Effect::Respond(502)
         );
         assert_eq!(

@@ -10,6 +10,7 @@ mod tcp;
 mod tls_conn;
 mod tunnel;
 pub mod upstream;
+mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use monoio::net::TcpStream;
 use rustls::ServerConfig;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{ListenerProtocol, Timeouts};
 use crate::http::request::Limits;
@@ -147,6 +148,29 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
     }
 }
 
+/// A new connection to `ctx`'s upstream; `preface` goes first, before any TLS. A failed TLS
+/// handshake is logged (rate-limited, with the reason): unlike a refused connection, it is a
+/// configuration problem someone must fix (trust, name, expiry, client certificate).
+pub(crate) async fn connect_upstream(
+    ctx: &ListenerCtx,
+    preface: &[u8],
+) -> Result<upstream::Upstream, upstream::ConnectError> {
+    let res = ctx
+        .pool
+        .connect(ctx.timeouts.upstream_connect, preface)
+        .await;
+    if let Err(e @ upstream::ConnectError::Tls(_)) = &res {
+        if let Verdict::Log { suppressed_before } = ctx.failure_log.check(std::time::Instant::now())
+        {
+            if suppressed_before > 0 {
+                info!("{}", ctx.failure_log.summary(suppressed_before));
+            }
+            warn!(listener = %ctx.name, upstream = %ctx.pool.addr(), "{e}");
+        }
+    }
+    res
+}
+
 /// Counts a connection open for as long as it lives.
 struct Open(Rc<ListenerCtx>);
 
@@ -232,7 +256,7 @@ mod tests {
                 failure_log: Rc::new(LogLimiter::new(1)),
                 tls: config.clone(),
                 cache: crate::tls::cache::CacheConfig::new(0, std::time::Duration::from_secs(1)),
-                pool: Rc::new(upstream::Pool::new("127.0.0.1:9".parse().unwrap())),
+                pool: Rc::new(upstream::Pool::new("127.0.0.1:9".parse().unwrap(), None)),
                 upstream_host: Vec::new(),
                 timeouts: Timeouts::default(),
                 limits: Limits::default(),

@@ -24,12 +24,13 @@ use super::client::Client;
 use super::error::{effect, upstream_kind, ClientError, Effect, ProxyError, UpstreamError};
 use super::tls_conn::TlsConn;
 use super::tunnel;
-use super::upstream::{read_up, write_up, Upstream};
+use super::upstream::{read_up, write_up, ConnectError, Parked, Upstream};
 use super::ListenerCtx;
 use crate::http::request::{self, upgrade_permitted, Inject, RequestHead};
 use crate::http::response::{self, ResponseHead};
 use crate::http::{self, BodyFramer, Parse};
 use crate::ops::access_log::{self, AccessRecord};
+use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -59,6 +60,18 @@ pub struct Session {
     tally: Tally,
     /// Facts about the connection for the access log, made once (only when it is on).
     info: Option<Box<ConnInfo>>,
+    /// With `upstream_proxy_protocol`, this client's own upstream connection (see `Private`).
+    private: Option<Box<Private>>,
+}
+
+/// An HTTP listener that sends a PROXY header cannot share upstream connections between
+/// clients: the header, sent once per connection, names one client. So each client gets its
+/// own upstream connection, kept alive between its requests and closed with it (as HAProxy
+/// marks `send-proxy` connections private).
+struct Private {
+    /// The PROXY header, made once per client connection.
+    preface: Vec<u8>,
+    idle: Option<Parked>,
 }
 
 #[derive(Default)]
@@ -154,6 +167,7 @@ impl Session {
             peer,
             tally: Tally::default(),
             info,
+            private: None,
         }
     }
 
@@ -433,7 +447,10 @@ impl Session {
             .relay_response(&head, answer, client_keep_alive, &mut up)
             .await?;
         if reusable && body_finished && !early {
-            self.ctx.pool.put(up);
+            match &mut self.private {
+                Some(private) => private.idle = Parked::park(up),
+                None => self.ctx.pool.put(up),
+            }
         }
         Ok(if client_keep_alive {
             Next::KeepAlive
@@ -445,16 +462,34 @@ impl Session {
     }
 
     async fn acquire_upstream(&mut self, fresh: bool) -> Result<Upstream, UpstreamError> {
-        if !fresh {
-            if let Some(up) = self.ctx.pool.take() {
-                return Ok(up);
+        if self.ctx.upstream_proxy_protocol == ProxyVersion::Off {
+            if !fresh {
+                if let Some(up) = self.ctx.pool.take() {
+                    return Ok(up);
+                }
             }
+            return Ok(super::connect_upstream(&self.ctx, &[]).await?);
         }
-        self.ctx
-            .pool
-            .connect(self.ctx.timeouts.upstream_connect)
-            .await
-            .map_err(UpstreamError::Connect)
+        let private = match &mut self.private {
+            Some(private) => private,
+            None => {
+                let preface = super::tcp::preface(&self.client.tls, self.peer, &self.ctx)
+                    .map_err(|e| ConnectError::Tcp(std::io::Error::other(e)))?;
+                self.private.insert(Box::new(Private {
+                    preface,
+                    idle: None,
+                }))
+            }
+        };
+        if let Some(up) = private
+            .idle
+            .take()
+            .filter(|_| !fresh)
+            .and_then(Parked::resume)
+        {
+            return Ok(up);
+        }
+        Ok(super::connect_upstream(&self.ctx, &private.preface).await?)
     }
 
     /// Sends the request (the head in `out`, then the rest of the body) and reads the final

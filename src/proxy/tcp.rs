@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use monoio::io::AsyncWriteRentExt;
 use tracing::debug;
 
 use super::tls_conn::TlsConn;
@@ -19,12 +18,7 @@ use crate::ops::metrics::UpstreamErrorKind;
 use crate::proxy_header::{self, ClientFacts};
 
 pub(crate) async fn serve(mut tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
-    let cn = tls
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|der| common_name(der));
-    let facts = facts(&tls, peer, cn.as_deref(), ctx.verifies_clients);
-    let header = match proxy_header::encode(ctx.upstream_proxy_protocol, &facts) {
+    let header = match preface(&tls, peer, &ctx) {
         Ok(h) => h,
         Err(e) => {
             debug!(listener = %ctx.name, %peer, "{e}");
@@ -32,7 +26,8 @@ pub(crate) async fn serve(mut tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCt
             return;
         }
     };
-    let mut up = match ctx.pool.connect(ctx.timeouts.upstream_connect).await {
+    // The PROXY header goes first on the TCP connection, before any TLS to the app.
+    let up = match super::connect_upstream(&ctx, &header).await {
         Ok(up) => up,
         Err(e) => {
             debug!(listener = %ctx.name, %peer, "upstream connect: {e}");
@@ -43,21 +38,24 @@ pub(crate) async fn serve(mut tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCt
             return;
         }
     };
-    if !header.is_empty() {
-        let write = up.wr.write_all(header);
-        match monoio::time::timeout(ctx.timeouts.upstream_response, write).await {
-            Ok((Ok(_), _)) => {}
-            _ => {
-                ctx.metrics
-                    .upstream_error(ctx.index, UpstreamErrorKind::Closed);
-                tls.close().await;
-                return;
-            }
-        }
-    }
     let (sent, received) = tunnel::relay(&mut tls, up, &[], &[], ctx.tunnel_idle).await;
     debug!(listener = %ctx.name, %peer, sent, received, "tcp stream ended");
     tls.close().await;
+}
+
+/// The PROXY header (`upstream_proxy_protocol`) that names this client to the app; empty when
+/// the listener sends none.
+pub(super) fn preface(
+    tls: &TlsConn,
+    peer: SocketAddr,
+    ctx: &ListenerCtx,
+) -> Result<Vec<u8>, proxy_header::EncodeError> {
+    let cn = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| common_name(der));
+    let facts = facts(tls, peer, cn.as_deref(), ctx.verifies_clients);
+    proxy_header::encode(ctx.upstream_proxy_protocol, &facts)
 }
 
 /// The subject CN of a certificate, if it has one.

@@ -1,4 +1,4 @@
-//! The byte relay between a TLS client and a plain upstream connection, for a protocol certgate
+//! The byte relay between a TLS client and an upstream connection (plain or TLS), for a protocol certgate
 //! does not speak: after an HTTP/1.1 upgrade (WebSocket) the two connections carry the new
 //! protocol, and each byte is relayed as it is, both ways, until both sides are done.
 //!
@@ -14,13 +14,12 @@
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use tracing::debug;
 
 use super::buffers::{PooledBuf, BUF_CAPACITY};
 use super::tls_conn::TlsConn;
-use super::upstream::Upstream;
+use super::upstream::{UpRead, Upstream};
 
 /// Relays until both directions ended, a side failed, or nothing moved for `idle`. `to_app`
 /// and `to_client` are bytes already read that belong to the tunnel (sent first). Returns
@@ -129,9 +128,9 @@ pub(crate) async fn relay(
 /// One read from the app into `buf`, owning the read half so the future can stay in flight
 /// across the relay loop and hand both back.
 async fn read_app(
-    mut rd: OwnedReadHalf<TcpStream>,
+    mut rd: UpRead,
     mut buf: PooledBuf,
-) -> (std::io::Result<usize>, OwnedReadHalf<TcpStream>, PooledBuf) {
+) -> (std::io::Result<usize>, UpRead, PooledBuf) {
     buf.clear();
     let cap = buf.capacity();
     let (res, slice) = rd.read(buf.slice_mut(0..cap)).await;

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod tickets;
+pub mod upstream;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

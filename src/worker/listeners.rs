@@ -19,7 +19,8 @@ use crate::config::AccessLogFormat;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::WorkerMetrics;
 use crate::ops::ratelimit::LogLimiter;
-use crate::proxy::{self, upstream::Pool, ListenerCtx};
+use crate::proxy::upstream::{Pool, PoolTls};
+use crate::proxy::{self, ListenerCtx};
 
 /// Refused-handshake log lines per second and worker before they are only counted.
 const REFUSALS_LOGGED_PER_SECOND: u32 = 20;
@@ -104,11 +105,19 @@ impl Listeners {
                 .iter()
                 .position(|a| a.name == plan.name)
                 .map(|i| self.active.swap_remove(i));
+            let tls = plan.upstream_tls.as_ref();
             let pool = old
                 .as_ref()
                 .map(|a| a.ctx.borrow().pool.clone())
-                .filter(|p| p.addr() == plan.upstream)
-                .unwrap_or_else(|| Rc::new(Pool::new(plan.upstream)));
+                .filter(|p| p.serves(plan.upstream, tls.map(|t| &t.fingerprint)))
+                .unwrap_or_else(|| {
+                    let tls = tls.map(|t| PoolTls {
+                        config: t.for_worker(),
+                        server_name: t.server_name.clone(),
+                        fingerprint: t.fingerprint,
+                    });
+                    Rc::new(Pool::new(plan.upstream, tls))
+                });
             let name = plan.name.clone();
             let ctx = self.context(plan, index, &metrics, pool, &settings);
             match (opened, old) {

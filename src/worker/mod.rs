@@ -70,6 +70,8 @@ pub struct ListenerPlan {
     pub upstream_proxy_protocol: crate::proxy_header::ProxyVersion,
     /// Server names relayed without termination.
     pub passthrough: crate::sni::SniRoutes,
+    /// TLS to the upstream (`upstream = "https://…"`).
+    pub upstream_tls: Option<crate::tls::upstream::UpstreamTlsPlan>,
 }
 
 /// Per-worker settings that a reload may change.

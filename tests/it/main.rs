@@ -16,4 +16,5 @@ mod support;
 mod tcp;
 mod tickets;
 mod tools;
+mod upstream_tls;
 mod websocket;

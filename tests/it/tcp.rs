@@ -168,13 +168,3 @@ fn tcp_listener_refuses_a_client_without_a_certificate_in_require_mode() {
     let r = tls.read(&mut buf);
     assert!(r.is_err(), "expected an alert, got {r:?}");
 }
-
-#[test]
-fn proxy_protocol_out_on_an_http_listener_is_a_config_error() {
-    let text = "[[listener]]\nbind = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
-                upstream = \"127.0.0.1:1\"\nupstream_proxy_protocol = \"v2\"\n";
-    let e = certgate::config::Config::from_toml(text, std::path::Path::new("/tmp"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("listener[0].upstream_proxy_protocol"), "{e}");
-}

@@ -18,8 +18,9 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
 def read_exact(conn, n, buf):
+    # Never more than asked: what follows the header may be a TLS handshake (up_app.py).
     while len(buf) < n:
-        chunk = conn.recv(65536)
+        chunk = conn.recv(n - len(buf))
         if not chunk:
             raise EOFError("closed inside the PROXY header")
         buf += chunk
