@@ -233,7 +233,10 @@ impl TlsReadHalf {
         tls.process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if self.rx_pos >= self.rx.get_ref().len() {
-            self.rx.release_if_empty();
+            // All handed to rustls: the buffer goes back to the worker's pool until the next
+            // read, so an idle pooled connection holds none.
+            self.rx.release();
+            self.rx_pos = 0;
         }
         Ok(())
     }
