@@ -114,12 +114,17 @@ def markdown(rows, meta, notes):
                        f"{fmt(r['cpu_pct'], 0)} | {err} | {fmt_int(r.get('upstream_conns'))} |")
     out += ["", "Scenarios:", ""] + [f"- `{s}`: {d}" for s, d in SCENARIOS]
 
-    idle = {r["target"]: r for r in rows if r["scenario"] == "idle-mtls"}
-    if idle:
-        out += ["", "## Memory per idle mTLS connection", "",
-                f"{meta['idle_conns']} TLS connections presenting a client certificate, "
-                "handshake done, no request; growth of the terminator's summed VmRSS ÷ "
-                "connections.", "",
+    for scenario, what in (
+        ("idle-mtls", "after one request each (the state a client's pooled connection is in)"),
+        ("idle-mtls-handshake-only", "handshake done, no request"),
+    ):
+        idle = {r["target"]: r for r in rows if r["scenario"] == scenario}
+        if not idle:
+            continue
+        out += ["", f"## Memory per idle mTLS connection: {what}", "",
+                f"{meta['idle_conns']} TLS connections presenting a client certificate, {what}; "
+                "growth of the terminator's summed VmRSS ÷ connections, each target measured "
+                "in a freshly started process.", "",
                 "| target | opened | still open at measurement | RSS before → after (KiB) | "
                 "KiB/conn | certgate ÷ target |",
                 "|---|---:|---:|---:|---:|---:|"]

@@ -435,14 +435,24 @@ oha_resumes() {
 }
 
 idle_memory() {
-  log "memory per idle mTLS connection ($IDLE_CONNS connections each)"
-  for t in "${TARGETS[@]}"; do
-    taskset -c "$GEN_CPU" python3 "$HERE/idle_conns.py" --target "$t" --port "${PORT[$t]}" \
-      --pid "${PID[$t]}" --n "$IDLE_CONNS" --cert "$WORK/certs/client.pem" \
-      --key "$WORK/certs/client.key" --out "$RESULTS_JSONL"
-    kill -0 "${PID[$t]}" 2>/dev/null || die "$t died holding idle connections"
-    sleep 1
+  # After one request (what a client's pooled connection holds), then after the handshake
+  # only. Freed memory stays with a process's allocator, so every figure is taken in freshly
+  # started terminators, never after another measurement.
+  local req t
+  for req in 1 0; do
+    log "memory per idle mTLS connection ($IDLE_CONNS connections each, $req request(s) each)"
+    stop_terminators
+    start_terminators on
+    for t in "${TARGETS[@]}"; do
+      taskset -c "$GEN_CPU" python3 "$HERE/idle_conns.py" --target "$t" --port "${PORT[$t]}" \
+        --pid "${PID[$t]}" --n "$IDLE_CONNS" --requests "$req" --cert "$WORK/certs/client.pem" \
+        --key "$WORK/certs/client.key" --out "$RESULTS_JSONL"
+      kill -0 "${PID[$t]}" 2>/dev/null || die "$t died holding idle connections"
+      sleep 1
+    done
   done
+  stop_terminators
+  start_terminators on
 }
 
 scenarios_resumption_on() {
