@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::config::{Config, ConfigError, Listener};
+use crate::identity::Forwarding;
 use crate::ops::metrics::Metrics;
 use crate::tls::tickets::{TicketKeyError, TicketKeys};
 use crate::tls::{self, TlsError};
@@ -66,12 +67,13 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
             .iter()
             .find(|p| p.name == listener.name && p.trust == trust);
         let cache = match same_trust {
-            Some(p) => p.cache,
+            Some(p) => p.cache.clone(),
             None => tls::cache::CacheConfig::new(
                 config.server.cert_cache_size,
                 config.server.cert_cache_ttl,
             ),
-        };
+        }
+        .with_forwarding(forwarding(listener)?);
         let ticketer = match (&ticket_keys, same_trust) {
             (Some(keys), _) => Some(keys.ticketer(&listener.name, &trust)),
             (None, Some(p)) => Some(p.tls.ticketer.clone()),
@@ -121,6 +123,20 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
         plans,
         summaries,
     })
+}
+
+/// The listener's identity headers; XFCC's `By` names the URI SANs of its own certificate, so
+/// that file is read here when `by` is asked for.
+fn forwarding(listener: &Listener) -> Result<Forwarding, StartupError> {
+    let mut forwarding = listener.forwarding.clone();
+    if forwarding.xfcc.is_some_and(|f| f.by) {
+        let chain = tls::load_certs(&listener.cert)?;
+        forwarding.by = chain
+            .first()
+            .map(|leaf| crate::identity::uri_sans(leaf))
+            .unwrap_or_default();
+    }
+    Ok(forwarding)
 }
 
 /// What decides who a listener lets in: its mode, the bytes of its trust store, the chain

@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
+pub mod identity;
 pub mod ops;
 #[cfg(any(test, feature = "demo"))]
 pub mod pki;

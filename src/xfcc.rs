@@ -29,6 +29,143 @@ pub fn sha256_hex(der: &[u8]) -> [u8; 64] {
     out
 }
 
+/// Which `key=value` pairs an element carries (`xfcc_fields`); they are always written in
+/// Envoy's order: By, Hash, Cert, Chain, Subject, URI, DNS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fields {
+    pub by: bool,
+    pub hash: bool,
+    pub cert: bool,
+    pub chain: bool,
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
+}
+
+impl Default for Fields {
+    /// Azure Container Apps' header: Hash, Cert, Chain.
+    fn default() -> Self {
+        Fields {
+            by: false,
+            hash: true,
+            cert: true,
+            chain: true,
+            subject: false,
+            uri: false,
+            dns: false,
+        }
+    }
+}
+
+impl Fields {
+    /// Whether the leaf must be parsed (Subject, URI, DNS come from its fields).
+    fn needs_leaf(&self) -> bool {
+        self.subject || self.uri || self.dns
+    }
+}
+
+/// What the optional fields say, taken from the certificates once per chain.
+#[derive(Debug, Default)]
+pub struct Names<'a> {
+    /// The proxy's own URI SANs (`By`): one pair each.
+    pub by: &'a [String],
+    /// The leaf's subject, RFC 2253 form.
+    pub subject: String,
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+}
+
+/// The complete header line with the chosen fields (see [`Fields`]); `None` for an empty
+/// chain. `names` supplies By, Subject, URI and DNS (see `identity::names`).
+pub fn header_line_with(
+    chain: &[CertificateDer<'_>],
+    fields: &Fields,
+    names: &Names<'_>,
+) -> Option<Vec<u8>> {
+    let leaf = chain.first()?;
+    let mut out = Vec::with_capacity(capacity(chain, true));
+    out.extend_from_slice(HEADER_NAME.as_bytes());
+    out.extend_from_slice(b": ");
+    let mut sep = "";
+    let mut pair = |out: &mut Vec<u8>, key: &str| {
+        out.extend_from_slice(sep.as_bytes());
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'=');
+        sep = ";";
+    };
+    if fields.by {
+        for uri in names.by {
+            pair(&mut out, "By");
+            push_san(&mut out, uri);
+        }
+    }
+    if fields.hash {
+        pair(&mut out, "Hash");
+        out.extend_from_slice(&sha256_hex(leaf));
+    }
+    if fields.cert {
+        pair(&mut out, "Cert");
+        out.push(b'"');
+        push_encoded_pem(&mut out, leaf);
+        out.push(b'"');
+    }
+    if fields.chain {
+        pair(&mut out, "Chain");
+        out.push(b'"');
+        for cert in chain {
+            push_encoded_pem(&mut out, cert);
+        }
+        out.push(b'"');
+    }
+    if fields.needs_leaf() {
+        if fields.subject {
+            // Always quoted, `Subject=""` when empty (Envoy).
+            pair(&mut out, "Subject");
+            out.push(b'"');
+            out.extend_from_slice(names.subject.as_bytes());
+            out.push(b'"');
+        }
+        if fields.uri {
+            // Envoy keeps the key when the certificate has no URI SAN.
+            if names.uris.is_empty() {
+                pair(&mut out, "URI");
+            }
+            for uri in &names.uris {
+                pair(&mut out, "URI");
+                push_san(&mut out, uri);
+            }
+        }
+        if fields.dns {
+            for dns in &names.dns {
+                pair(&mut out, "DNS");
+                push_san(&mut out, dns);
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+/// A SAN value: bare like Envoy's, but quoted (with `"` and `\` escaped) when it holds a byte
+/// that would split the element for a parser (`,` `;` `=` `"`), where Envoy's bytes break.
+fn push_san(out: &mut Vec<u8>, value: &str) {
+    if !value
+        .bytes()
+        .any(|b| matches!(b, b',' | b';' | b'=' | b'"' | b'\\'))
+    {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    out.push(b'"');
+    for b in value.bytes() {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
 /// The complete header line including name and CRLF:
 /// `X-Forwarded-Client-Cert: Hash=<hex>;Cert="<enc leaf PEM>";Chain="<enc PEM, leaf first>"\r\n`.
 /// `None` for an empty chain (no certificate presented: the header is omitted).

@@ -21,7 +21,7 @@ const XFCC_LINE: &[u8] = b"X-Forwarded-Client-Cert: Hash=0123456789abcdef0123456
 
 /// Names the proxy interprets or manages (lowercase, dash spelling): no client copy spelled
 /// with `_` may reach the upstream, and the proxy-owned ones only as the proxy writes them.
-const MANAGED: [&[u8]; 15] = [
+const MANAGED: [&[u8]; 18] = [
     b"host",
     b"content-length",
     b"transfer-encoding",
@@ -30,6 +30,9 @@ const MANAGED: [&[u8]; 15] = [
     b"x-forwarded-for",
     b"x-forwarded-proto",
     b"x-forwarded-client-cert",
+    b"client-cert",
+    b"client-cert-chain",
+    b"x-arr-clientcert",
     b"forwarded",
     b"x-real-ip",
     b"keep-alive",
@@ -166,6 +169,11 @@ fuzz_target!(|data: &[u8]| {
                         "Forwarded does not end in our element"
                     );
                 }
+                // The harness injects only XFCC: any other identity header is a client's.
+                b"client-cert" | b"client-cert-chain" | b"x-arr-clientcert" => panic!(
+                    "client copy of an identity header forwarded: {:?}",
+                    String::from_utf8_lossy(line)
+                ),
                 b"x-real-ip" => panic!(
                     "client X-Real-IP forwarded: {:?}",
                     String::from_utf8_lossy(line)

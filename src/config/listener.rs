@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyVersion};
+use crate::identity::{self, Format, Forwarding};
 use crate::sni::SniRoutes;
+use crate::xfcc::Fields;
 
 /// One `[[listener]]`: a TLS port in front of one plain HTTP/1.1 upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,9 @@ pub struct Listener {
     pub passthrough: SniRoutes,
     /// `upstream = "https://…"`: TLS to the upstream, verified against these anchors.
     pub upstream_tls: Option<UpstreamTls>,
+    /// `forward` and `xfcc_fields`: the identity headers the app receives. `by` is empty
+    /// here; the TLS setup fills it from the listener's certificate.
+    pub forwarding: Forwarding,
 }
 
 /// TLS to the upstream (`upstream = "https://host:port"`).
@@ -78,6 +83,8 @@ pub(super) struct FileListener {
     upstream_server_name: Option<String>,
     upstream_cert: Option<PathBuf>,
     upstream_key: Option<PathBuf>,
+    forward: Option<Vec<String>>,
+    xfcc_fields: Option<Vec<String>>,
 }
 
 /// `[[listener.passthrough]]`.
@@ -107,6 +114,7 @@ impl FileListener {
         let (tls, upstream_authority) = split_scheme(self.upstream.trim())
             .map_err(|message| ConfigError::invalid(key("upstream"), message))?;
         let upstream_tls = self.upstream_tls(tls, &upstream_authority, base_dir, &key)?;
+        let forwarding = forwarding(self.forward.as_deref(), self.xfcc_fields.as_deref(), &key)?;
         let name = match self.name {
             Some(name) if !name.trim().is_empty() => name,
             Some(_) => return Err(ConfigError::invalid(key("name"), "must not be empty")),
@@ -172,6 +180,7 @@ impl FileListener {
             upstream_proxy_protocol: self.upstream_proxy_protocol,
             passthrough,
             upstream_tls,
+            forwarding,
         })
     }
 
@@ -236,6 +245,77 @@ impl FileListener {
             client_cert,
         }))
     }
+}
+
+/// `forward` and `xfcc_fields` → the forwarding policy. Each name once; `xfcc_fields` only with
+/// `xfcc` forwarded.
+fn forwarding(
+    forward: Option<&[String]>,
+    fields: Option<&[String]>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Forwarding, ConfigError> {
+    let mut policy = Forwarding {
+        xfcc: None,
+        ..Forwarding::default()
+    };
+    let formats = forward.unwrap_or(&[]);
+    for (i, name) in formats.iter().enumerate() {
+        let format = Format::parse(name).ok_or_else(|| {
+            ConfigError::invalid(
+                key("forward"),
+                format!(
+                    "{name:?} is not a header format: use \"xfcc\", \"client-cert\" or \"arr\""
+                ),
+            )
+        })?;
+        if formats[..i].contains(name) {
+            return Err(ConfigError::invalid(
+                key("forward"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        match format {
+            Format::Xfcc => policy.xfcc = Some(Fields::default()),
+            Format::ClientCert => policy.client_cert = true,
+            Format::Arr => policy.arr = true,
+        }
+    }
+    if forward.is_none() {
+        policy.xfcc = Some(Fields::default());
+    }
+    if let Some(names) = fields {
+        let Some(xfcc) = &mut policy.xfcc else {
+            return Err(ConfigError::invalid(
+                key("xfcc_fields"),
+                "only applies when `forward` lists \"xfcc\"",
+            ));
+        };
+        if names.is_empty() {
+            return Err(ConfigError::invalid(
+                key("xfcc_fields"),
+                "must name at least one field",
+            ));
+        }
+        let mut chosen = Fields {
+            hash: false,
+            cert: false,
+            chain: false,
+            ..Fields::default()
+        };
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) || !identity::parse_field(&mut chosen, name) {
+                return Err(ConfigError::invalid(
+                    key("xfcc_fields"),
+                    format!(
+                        "{name:?} is listed twice or is not a field: use \"by\", \"hash\", \"cert\", \
+                         \"chain\", \"subject\", \"uri\" or \"dns\""
+                    ),
+                ));
+            }
+        }
+        *xfcc = chosen;
+    }
+    Ok(policy)
 }
 
 /// `upstream` as written → (TLS?, host:port). No scheme and `http://` mean plain TCP;

@@ -65,7 +65,7 @@ const UPGRADE: u8 = 9;
 const DROP: u8 = 7;
 
 /// Names the proxy interprets or manages, lowercase dash spelling.
-const KNOWN: [(&[u8], u8); 15] = [
+const KNOWN: [(&[u8], u8); 18] = [
     (b"host", HOST),
     (b"content-length", CONTENT_LENGTH),
     (b"transfer-encoding", TRANSFER_ENCODING),
@@ -77,6 +77,10 @@ const KNOWN: [(&[u8], u8); 15] = [
     // different client certificate or scheme to the upstream.
     (b"x-forwarded-proto", DROP),
     (b"x-forwarded-client-cert", DROP),
+    // The other identity formats (`identity`): dropped whether or not a listener sends them.
+    (b"client-cert", DROP),
+    (b"client-cert-chain", DROP),
+    (b"x-arr-clientcert", DROP),
     // A client-chosen "real IP" that frameworks would believe as readily as the peer address.
     (b"x-real-ip", DROP),
     // Hop-by-hop (RFC 9110 §7.6.1) besides Connection / Transfer-Encoding handled above.

@@ -628,6 +628,17 @@ fn drops_client_xfcc_any_spelling() {
 }
 
 #[test]
+fn drops_every_identity_format_any_spelling() {
+    let up = upstream_with(
+        b"GET / HTTP/1.1\r\nHost: a\r\nClient-Cert: :ZXZpbA==:\r\nclient_cert: evil\r\n\
+          CLIENT-CERT-CHAIN: :ZXZpbA==:\r\nX-ARR-ClientCert: evil\r\nx_arr_clientcert: evil\r\n\r\n",
+        Some(b"Client-Cert: :AA==:\r\n"),
+    );
+    assert!(!up.contains("evil") && !up.contains("ZXZpbA"), "{up}");
+    assert_eq!(up.matches("Client-Cert").count(), 1, "{up}");
+}
+
+#[test]
 fn drops_client_x_forwarded_proto() {
     let up = upstream(
         b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nx_forwarded_proto: http\r\n\r\n",

@@ -14,20 +14,25 @@ use std::cell::{Cell, RefCell};
 use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lru::LruCache;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::xfcc;
+use crate::identity::Forwarding;
 
 /// Settings shared by one listener's verifier and its sessions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CacheConfig {
     /// Identifies the trust configuration (listener + its client_ca) that verified an entry.
     pub generation: u64,
     pub capacity: usize,
     pub ttl: Duration,
+    /// Which identity headers an entry's bytes hold (part of the key: a reload that changes
+    /// the formats but not the trust keeps the generation, never the bytes).
+    forwarding: Arc<Forwarding>,
+    forwarding_id: u64,
 }
 
 impl CacheConfig {
@@ -38,7 +43,16 @@ impl CacheConfig {
             generation: NEXT.fetch_add(1, Ordering::Relaxed),
             capacity,
             ttl,
+            forwarding: Arc::new(Forwarding::default()),
+            forwarding_id: Forwarding::default().id(),
         }
+    }
+
+    /// The same cache and trust generation, building the headers `forwarding` asks for.
+    pub fn with_forwarding(mut self, forwarding: Forwarding) -> Self {
+        self.forwarding_id = forwarding.id();
+        self.forwarding = Arc::new(forwarding);
+        self
     }
 }
 
@@ -83,6 +97,7 @@ fn count(counter: &'static std::thread::LocalKey<Cell<u64>>) {
 pub fn key(config: &CacheConfig, chain: &[&[u8]]) -> Key {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(&config.generation.to_be_bytes());
+    ctx.update(&config.forwarding_id.to_be_bytes());
     for der in chain {
         ctx.update(&(der.len() as u64).to_be_bytes());
         ctx.update(der);
@@ -142,8 +157,9 @@ pub fn insert_verified(
     remember(config, key, chain, now.as_secs(), true);
 }
 
-/// The `X-Forwarded-Client-Cert` line for a connection's chain: from the cache when this worker
-/// verified the chain before, else built now (and kept, unverified, for the next connection).
+/// The identity header lines for a connection's chain (see `identity`): from the cache when
+/// this worker verified the chain before, else built now (and kept, unverified, for the next
+/// connection). `None` when nothing is forwarded.
 pub fn header_for(config: &CacheConfig, chain: &[CertificateDer<'_>]) -> Option<Rc<[u8]>> {
     if chain.is_empty() {
         return None;
@@ -168,7 +184,7 @@ fn remember(
     now: u64,
     verified: bool,
 ) -> Option<Rc<[u8]>> {
-    let header: Rc<[u8]> = xfcc::header_line(chain)?.into();
+    let header: Rc<[u8]> = config.forwarding.header_block(chain)?.into();
     let ttl_end = now.saturating_add(config.ttl.as_secs());
     let expires = earliest_not_after(chain).map_or(ttl_end, |t| t.min(ttl_end));
     with_lru(config, |lru| {
@@ -244,7 +260,7 @@ mod tests {
         let config = CacheConfig::new(16, Duration::from_secs(60));
         let chain = chain();
         let header = header_for(&config, &chain).unwrap();
-        assert_eq!(&*header, &xfcc::header_line(&chain).unwrap()[..]);
+        assert_eq!(&*header, &crate::xfcc::header_line(&chain).unwrap()[..]);
         let key = key(&config, &ders(&chain));
         assert!(!is_verified(&config, &key, UnixTime::now()));
     }

@@ -163,7 +163,7 @@ pub fn server_config_with(
                 roots.as_ref().map(|(_, r)| r.clone()),
                 max_client_chain,
                 &provider,
-                cache,
+                cache.clone(),
             )
             .map_err(|e| setup(format!("client_ca: {e}")))?,
         ),

@@ -5,6 +5,7 @@ mod cli;
 mod faults;
 mod hardening;
 mod headers;
+mod identity;
 mod modes;
 mod ops_admin;
 mod ops_logs;
