@@ -100,6 +100,9 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
         if let Some(plan) = &upstream_tls {
             built.summary.push_str(&plan.summary(listener));
         }
+        for line in &built.warnings {
+            warn!(listener = %listener.name, "{line}");
+        }
         summaries.push(built.summary);
         plans.push(ListenerPlan {
             name: listener.name.clone(),
@@ -148,14 +151,19 @@ fn trust_fingerprint(listener: &Listener, config: &Config) -> Result<[u8; 32], S
     ctx.update(listener.client_certificate_mode.to_string().as_bytes());
     ctx.update(&[u8::from(listener.session_resumption)]);
     ctx.update(&(config.limits.max_client_cert_chain as u64).to_be_bytes());
-    if let Some(ca) = &listener.client_ca {
-        let bytes = std::fs::read(ca).map_err(|source| TlsError::Read {
-            path: ca.clone(),
+    // Revocation lists and the allowlist decide too: revoking a certificate (a new CRL and a
+    // reload) must shut out a client returning with a cached chain or a session ticket.
+    let files = listener.client_ca.iter().chain(&listener.client_crl);
+    for path in files {
+        let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.clone(),
             source,
         })?;
         ctx.update(&(bytes.len() as u64).to_be_bytes());
         ctx.update(&bytes);
     }
+    ctx.update(&[u8::from(listener.crl_deny_unknown)]);
+    ctx.update(format!("{:?}", listener.allow).as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     Ok(out)

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod ops;
 #[cfg(any(test, feature = "demo"))]
 pub mod pki;
+pub mod policy;
 pub mod proxy;
 pub mod proxy_header;
 pub mod sni;

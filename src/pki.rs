@@ -25,6 +25,8 @@ pub enum PkiError {
     InvalidName { name: String, reason: String },
     #[error("PKCS#12 encoding failed: {0}")]
     Pkcs12(String),
+    #[error("certificate does not parse: {0}")]
+    Parse(String),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -156,6 +158,42 @@ impl Ca {
         let mut params = client_params(common_name);
         params.not_before = rcgen::date_time_ymd(2000, 1, 1);
         params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        self.sign(params)
+    }
+
+    /// A CRL from this CA that revokes `revoked` (certificates it issued), as (DER, PEM). An
+    /// `expired` one has a nextUpdate in the past (2021), else far ahead (2099).
+    pub fn crl(&self, revoked: &[&Issued], expired: bool) -> Result<(Vec<u8>, String), PkiError> {
+        let mut revoked_certs = Vec::with_capacity(revoked.len());
+        for cert in revoked {
+            let (_, parsed) = x509_parser::parse_x509_certificate(&cert.cert_der)
+                .map_err(|e| PkiError::Parse(e.to_string()))?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(parsed.raw_serial()),
+                revocation_time: rcgen::date_time_ymd(2020, 1, 2),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: if expired {
+                rcgen::date_time_ymd(2021, 1, 1)
+            } else {
+                rcgen::date_time_ymd(2099, 1, 1)
+            },
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.signer)?;
+        Ok((crl.der().to_vec(), crl.pem()?))
+    }
+
+    /// A certificate from params the caller made (names, SANs, extensions of its choosing),
+    /// with a fresh key, signed by this CA.
+    pub fn sign_params(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         self.sign(params)
     }
 

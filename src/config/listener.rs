@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyVersion};
 use crate::identity::{self, Format, Forwarding};
+use crate::policy::allow::{self, AllowList};
 use crate::sni::SniRoutes;
 use crate::xfcc::Fields;
 
@@ -41,6 +42,14 @@ pub struct Listener {
     pub passthrough: SniRoutes,
     /// `upstream = "https://…"`: TLS to the upstream, verified against these anchors.
     pub upstream_tls: Option<UpstreamTls>,
+    /// `[listener.allow]`: a presented certificate must match one entry (empty: any).
+    pub allow: AllowList,
+    /// `client_crl`: revocation lists checked for the whole chain (PEM or DER files).
+    pub client_crl: Vec<PathBuf>,
+    /// `crl_unknown_status = "deny"`: refuse a certificate whose issuer has no CRL loaded.
+    pub crl_deny_unknown: bool,
+    /// `client_ca_hints`: whether the CertificateRequest lists the CA names.
+    pub client_ca_hints: bool,
     /// `forward` and `xfcc_fields`: the identity headers the app receives. `by` is empty
     /// here; the TLS setup fills it from the listener's certificate.
     pub forwarding: Forwarding,
@@ -85,6 +94,34 @@ pub(super) struct FileListener {
     upstream_key: Option<PathBuf>,
     forward: Option<Vec<String>>,
     xfcc_fields: Option<Vec<String>>,
+    allow: Option<FileAllow>,
+    client_crl: Option<Vec<PathBuf>>,
+    crl_unknown_status: Option<CrlUnknownStatus>,
+    client_ca_hints: Option<bool>,
+}
+
+/// `[listener.allow]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAllow {
+    #[serde(default)]
+    sha256: Vec<String>,
+    #[serde(default)]
+    subject_cn: Vec<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    uri: Vec<String>,
+    #[serde(default)]
+    email: Vec<String>,
+}
+
+/// `crl_unknown_status`.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum CrlUnknownStatus {
+    Allow,
+    Deny,
 }
 
 /// `[[listener.passthrough]]`.
@@ -115,6 +152,8 @@ impl FileListener {
             .map_err(|message| ConfigError::invalid(key("upstream"), message))?;
         let upstream_tls = self.upstream_tls(tls, &upstream_authority, base_dir, &key)?;
         let forwarding = forwarding(self.forward.as_deref(), self.xfcc_fields.as_deref(), &key)?;
+        let revocation = self.revocation(base_dir, &key)?;
+        let allow = self.allow_list(&key)?;
         let name = match self.name {
             Some(name) if !name.trim().is_empty() => name,
             Some(_) => return Err(ConfigError::invalid(key("name"), "must not be empty")),
@@ -181,7 +220,102 @@ impl FileListener {
             passthrough,
             upstream_tls,
             forwarding,
+            allow,
+            client_crl: revocation.0,
+            crl_deny_unknown: revocation.1,
+            client_ca_hints: self.client_ca_hints.unwrap_or(true),
         })
+    }
+
+    /// `client_crl` and `crl_unknown_status`, which need `client_ca` (and each other).
+    fn revocation(
+        &self,
+        base_dir: &Path,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(Vec<PathBuf>, bool), ConfigError> {
+        if self.client_ca.is_none() {
+            for (name, set) in [
+                ("client_crl", self.client_crl.is_some()),
+                ("crl_unknown_status", self.crl_unknown_status.is_some()),
+                ("client_ca_hints", self.client_ca_hints.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        key(name),
+                        "needs client_ca: it is about the certificates client_ca verifies",
+                    ));
+                }
+            }
+        }
+        let crls = self.client_crl.clone().unwrap_or_default();
+        if self.client_crl.is_some() && crls.is_empty() {
+            return Err(ConfigError::invalid(
+                key("client_crl"),
+                "must name at least one file",
+            ));
+        }
+        if self.crl_unknown_status.is_some() && crls.is_empty() {
+            return Err(ConfigError::invalid(
+                key("crl_unknown_status"),
+                "only applies with client_crl",
+            ));
+        }
+        Ok((
+            crls.into_iter().map(|p| base_dir.join(p)).collect(),
+            self.crl_unknown_status == Some(CrlUnknownStatus::Deny),
+        ))
+    }
+
+    /// `[listener.allow]`: names need a trust anchor to mean anything; pins do not.
+    fn allow_list(&self, key: &dyn Fn(&str) -> String) -> Result<AllowList, ConfigError> {
+        let Some(file) = &self.allow else {
+            return Ok(AllowList::default());
+        };
+        let mut list = AllowList {
+            subject_cn: file.subject_cn.clone(),
+            dns: file.dns.clone(),
+            uri: file.uri.clone(),
+            email: file.email.clone(),
+            ..AllowList::default()
+        };
+        for pin in &file.sha256 {
+            list.sha256
+                .push(allow::parse_sha256(pin.trim()).ok_or_else(|| {
+                    ConfigError::invalid(
+                        key("allow.sha256"),
+                        format!("{pin:?} is not a SHA-256 (64 hex digits, colons allowed)"),
+                    )
+                })?);
+        }
+        for dns in &list.dns {
+            let bare = dns.strip_prefix("*.").unwrap_or(dns);
+            if bare.is_empty() || bare.contains('*') {
+                return Err(ConfigError::invalid(
+                    key("allow.dns"),
+                    format!("{dns:?}: a name, or one leading \"*.\" label"),
+                ));
+            }
+        }
+        if list.is_empty() {
+            return Err(ConfigError::invalid(
+                key("allow"),
+                "lists no entry: it would refuse every certificate (remove the table to allow any)",
+            ));
+        }
+        if self.client_certificate_mode == ClientCertMode::Ignore {
+            return Err(ConfigError::invalid(
+                key("allow"),
+                "has no effect with client_certificate_mode = \"ignore\" (no certificate is asked for)",
+            ));
+        }
+        if list.has_names() && self.client_ca.is_none() {
+            return Err(ConfigError::invalid(
+                key("allow"),
+                "subject_cn, dns, uri and email need client_ca: without a trust anchor anyone can \
+                 mint a self-signed certificate with any name (sha256 pins work without one)",
+            ));
+        }
+        Ok(list)
     }
 
     /// The `upstream_*` TLS keys, which belong to an `https` upstream and only to one.

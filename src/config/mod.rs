@@ -277,7 +277,8 @@ impl Config {
                 tls.and_then(|t| t.client_cert.as_ref())
                     .map(|c| c.1.as_path()),
             ];
-            for path in named.into_iter().flatten() {
+            let crls = l.client_crl.iter().map(|p| Some(p.as_path()));
+            for path in named.into_iter().chain(crls).flatten() {
                 if !files.contains(&path) {
                     files.push(path);
                 }

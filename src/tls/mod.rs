@@ -15,7 +15,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use x509_parser::prelude::FromDer;
 
 use crate::config::{ClientCertMode, Listener, ListenerProtocol};
 
@@ -84,6 +85,58 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Reads revocation lists: every `X509 CRL` block of a PEM file, or one DER CRL. Each must
+/// parse as a CRL (webpki's parser, the one that will check against it). Also returns a line
+/// for each list whose nextUpdate has passed: it is still used (a stale list still names
+/// revoked certificates), and the line says to refresh it.
+pub fn load_crls(
+    paths: &[PathBuf],
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<String>), TlsError> {
+    let mut crls = Vec::new();
+    let mut stale = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for path in paths {
+        let bytes = read_file(path)?;
+        let bad = |what: String| TlsError::Pem {
+            path: path.clone(),
+            what,
+        };
+        let found: Vec<CertificateRevocationListDer<'static>> = if bytes.starts_with(b"-----") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("invalid PEM: {e}")))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
+        if found.is_empty() {
+            return Err(bad("no X509 CRL block found (PEM or DER expected)".into()));
+        }
+        for (i, crl) in found.into_iter().enumerate() {
+            webpki::OwnedCertRevocationList::from_der(&crl)
+                .map_err(|e| bad(format!("CRL #{} does not parse: {e:?}", i + 1)))?;
+            let next_update =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(&crl)
+                    .ok()
+                    .and_then(|(_, c)| c.next_update())
+                    .map(|t| t.timestamp());
+            if let Some(t) = next_update.filter(|t| *t < now) {
+                stale.push(format!(
+                    "{}: CRL #{} is past its nextUpdate ({}); still used, refresh it",
+                    path.display(),
+                    i + 1,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64)
+                    )
+                ));
+            }
+            crls.push(crl);
+        }
+    }
+    Ok((crls, stale))
+}
+
 /// Reads the first private key of a PEM file: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path)?;
@@ -119,6 +172,9 @@ pub struct ListenerTls {
     /// Unix time of the serving certificate's notAfter, for the expiry metric.
     pub not_after: Option<i64>,
     pub summary: String,
+    /// Things to fix that do not stop the listener (a CRL past its nextUpdate), logged once
+    /// per load.
+    pub warnings: Vec<String>,
 }
 
 /// Builds the rustls config for one listener, with a fresh random session-ticket key. Slow and
@@ -147,6 +203,7 @@ pub fn server_config_with(
         Some(path) => Some((path, load_roots(path)?)),
         None => None,
     };
+    let (crls, warnings) = load_crls(&listener.client_crl)?;
     let setup = |what: String| TlsError::Setup {
         listener: listener.name.clone(),
         what,
@@ -159,9 +216,15 @@ pub fn server_config_with(
         ClientCertMode::Ignore => None,
         mode => Some(
             verify::ClientVerifier::new(
-                mode == ClientCertMode::Require,
-                roots.as_ref().map(|(_, r)| r.clone()),
-                max_client_chain,
+                verify::Policy {
+                    mandatory: mode == ClientCertMode::Require,
+                    roots: roots.as_ref().map(|(_, r)| r.clone()),
+                    crls: crls.clone(),
+                    deny_unknown_status: listener.crl_deny_unknown,
+                    hints: listener.client_ca_hints,
+                    allow: listener.allow.clone(),
+                    max_chain: max_client_chain,
+                },
                 &provider,
                 cache.clone(),
             )
@@ -222,10 +285,26 @@ pub fn server_config_with(
         },
         res = listener.session_resumption,
     );
+    let mut summary = summary;
+    if !crls.is_empty() {
+        summary.push_str(&format!(
+            "; {} CRL(s), unknown status {}",
+            crls.len(),
+            if listener.crl_deny_unknown {
+                "denied"
+            } else {
+                "allowed"
+            }
+        ));
+    }
+    if !listener.allow.is_empty() {
+        summary.push_str("; allowlist");
+    }
     Ok(ListenerTls {
         config: Arc::new(config),
         cache,
         not_after,
         summary,
+        warnings,
     })
 }

@@ -15,9 +15,10 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
     SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 
 use super::cache::{self, CacheConfig};
+use crate::policy::allow::AllowList;
 
 thread_local! {
     /// The SHA-256 (hex) of the last leaf this worker's verifiers refused. rustls' error does
@@ -32,11 +33,28 @@ pub fn take_refused_leaf() -> Option<[u8; 64]> {
     REFUSED.with(std::cell::Cell::take)
 }
 
+/// Who a listener lets in, as loaded from its config.
+pub struct Policy {
+    pub mandatory: bool,
+    /// `client_ca`: path building against these anchors.
+    pub roots: Option<RootCertStore>,
+    /// `client_crl`: checked for every certificate of the chain.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// `crl_unknown_status = "deny"`.
+    pub deny_unknown_status: bool,
+    /// `client_ca_hints`: list the CA names in the CertificateRequest.
+    pub hints: bool,
+    pub allow: AllowList,
+    pub max_chain: usize,
+}
+
 #[derive(Debug)]
 pub struct ClientVerifier {
     mandatory: bool,
     /// webpki path building against the configured `client_ca`, if any.
     trusted: Option<Arc<dyn ClientCertVerifier>>,
+    hints: bool,
+    allow: AllowList,
     max_chain: usize,
     algs: WebPkiSupportedAlgorithms,
     cache: CacheConfig,
@@ -44,32 +62,50 @@ pub struct ClientVerifier {
 
 impl ClientVerifier {
     pub fn new(
-        mandatory: bool,
-        roots: Option<RootCertStore>,
-        max_chain: usize,
+        policy: Policy,
         provider: &Arc<CryptoProvider>,
         cache: CacheConfig,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
-        let trusted = match roots {
+        let trusted = match policy.roots {
             Some(roots) => {
-                let builder =
+                let mut builder =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-                let builder = if mandatory {
-                    builder
-                } else {
-                    builder.allow_unauthenticated()
-                };
+                if !policy.mandatory {
+                    builder = builder.allow_unauthenticated();
+                }
+                if !policy.crls.is_empty() {
+                    // Leaf and intermediates alike; a list past its nextUpdate is still used
+                    // (rustls' default), and said so at load.
+                    builder = builder.with_crls(policy.crls);
+                    if !policy.deny_unknown_status {
+                        builder = builder.allow_unknown_revocation_status();
+                    }
+                }
                 Some(builder.build()?)
             }
             None => None,
         };
         Ok(Self {
-            mandatory,
+            mandatory: policy.mandatory,
             trusted,
-            max_chain: max_chain.max(1),
+            hints: policy.hints,
+            allow: policy.allow,
+            max_chain: policy.max_chain.max(1),
             algs: provider.signature_verification_algorithms,
             cache,
         })
+    }
+
+    /// The allowlist, after the chain passed: `access_denied` for a certificate it does not
+    /// name.
+    fn admitted(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
+        if self.allow.admits(end_entity) {
+            Ok(())
+        } else {
+            Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
     }
 
     /// Chain length, X.509 well-formedness, then path building (or the cache) when a trust
@@ -94,11 +130,14 @@ impl ClientVerifier {
                     .chain(intermediates.iter().map(|c| c.as_ref()))
                     .collect();
                 let key = cache::key(&self.cache, &ders);
+                // An entry was made only after the whole policy passed (the allowlist and the
+                // CRLs are part of the trust generation in the key).
                 if cache::is_verified(&self.cache, &key, now) {
                     return Ok(ClientCertVerified::assertion());
                 }
                 every_entry_is_a_certificate(end_entity, intermediates)?;
                 let verified = v.verify_client_cert(end_entity, intermediates, now)?;
+                self.admitted(end_entity)?;
                 let chain: Vec<CertificateDer<'_>> =
                     ders.iter().map(|d| CertificateDer::from(*d)).collect();
                 cache::insert_verified(&self.cache, key, &chain, now);
@@ -106,6 +145,7 @@ impl ClientVerifier {
             }
             None => {
                 every_entry_is_a_certificate(end_entity, intermediates)?;
+                self.admitted(end_entity)?;
                 Ok(ClientCertVerified::assertion())
             }
         }
@@ -123,9 +163,10 @@ impl ClientCertVerifier for ClientVerifier {
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         match &self.trusted {
-            Some(v) => v.root_hint_subjects(),
-            // No hints: clients then offer whatever certificate they have.
-            None => &[],
+            Some(v) if self.hints => v.root_hint_subjects(),
+            // No hints: clients then offer whatever certificate they have (Azure lists over a
+            // hundred issuers, and a client that finds its own missing sends none).
+            _ => &[],
         }
     }
 

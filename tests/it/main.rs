@@ -11,6 +11,7 @@ mod ops_admin;
 mod ops_logs;
 mod ops_reload;
 mod passthrough;
+mod policy;
 mod proxying;
 mod relay;
 mod support;
