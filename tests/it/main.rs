@@ -9,6 +9,7 @@ mod modes;
 mod ops_admin;
 mod ops_logs;
 mod ops_reload;
+mod packaging;
 mod passthrough;
 mod proxying;
 mod relay;
