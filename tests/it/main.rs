@@ -10,6 +10,7 @@ mod modes;
 mod ops_admin;
 mod ops_logs;
 mod ops_reload;
+mod packaging;
 mod passthrough;
 mod policy;
 mod proxying;
