@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyVersion};
+use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyAccept, ProxyIn, ProxyVersion};
+use crate::cidr::Cidr;
 use crate::sni::SniRoutes;
 
 /// One `[[listener]]`: a TLS port in front of one plain HTTP/1.1 upstream.
@@ -36,6 +37,9 @@ pub struct Listener {
     pub upstream_proxy_protocol: ProxyVersion,
     /// Server names whose TLS is not terminated here: relayed to their own upstream.
     pub passthrough: SniRoutes,
+    /// `proxy_protocol` and `proxy_protocol_from`: the PROXY header a load balancer in front
+    /// sends before the TLS bytes.
+    pub proxy_in: ProxyIn,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +61,9 @@ pub(super) struct FileListener {
     upstream_proxy_protocol: ProxyVersion,
     #[serde(default)]
     passthrough: Vec<FilePassthrough>,
+    #[serde(default)]
+    proxy_protocol: ProxyAccept,
+    proxy_protocol_from: Option<Vec<String>>,
 }
 
 /// `[[listener.passthrough]]`.
@@ -125,6 +132,7 @@ impl FileListener {
                 "is only supported with protocol = \"tcp\" (HTTP listeners forward the client in X-Forwarded-For and Forwarded)",
             ));
         }
+        let proxy_in = proxy_in(self.proxy_protocol, self.proxy_protocol_from, &key)?;
         let mut passthrough = SniRoutes::default();
         for (i, entry) in self.passthrough.iter().enumerate() {
             let field = |f: &str| key(&format!("passthrough[{i}].{f}"));
@@ -158,8 +166,43 @@ impl FileListener {
             protocol: self.protocol,
             upstream_proxy_protocol: self.upstream_proxy_protocol,
             passthrough,
+            proxy_in,
         })
     }
+}
+
+/// `proxy_protocol` + `proxy_protocol_from`. The list, when written, must name sources and
+/// needs a header to expect: an empty list would read as "nobody" to some and "everybody" to
+/// others, and a list on a listener that takes no header is a mistake about the other key.
+fn proxy_in(
+    accept: ProxyAccept,
+    from: Option<Vec<String>>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<ProxyIn, ConfigError> {
+    let Some(from) = from else {
+        return Ok(ProxyIn {
+            accept,
+            from: Vec::new(),
+        });
+    };
+    if accept == ProxyAccept::Off {
+        return Err(ConfigError::invalid(
+            key("proxy_protocol_from"),
+            "is set but proxy_protocol is \"off\" (set proxy_protocol = \"v1\", \"v2\" or \"any\", or remove the list)",
+        ));
+    }
+    if from.is_empty() {
+        return Err(ConfigError::invalid(
+            key("proxy_protocol_from"),
+            "must not be empty (leave it out to expect a PROXY header from every source)",
+        ));
+    }
+    let from = from
+        .iter()
+        .map(|net| net.parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::invalid(key("proxy_protocol_from"), e.to_string()))?;
+    Ok(ProxyIn { accept, from })
 }
 
 /// host:port → the first address the resolver returns.
