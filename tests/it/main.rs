@@ -10,6 +10,7 @@ mod ops_admin;
 mod ops_logs;
 mod ops_reload;
 mod passthrough;
+mod proxy_in;
 mod proxying;
 mod relay;
 mod support;
