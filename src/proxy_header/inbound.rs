@@ -7,7 +7,7 @@
 //!
 //! What the addresses become (HAProxy's own rules when it receives a header):
 //! * v1 `TCP4`/`TCP6`, and v2 `PROXY` over TCP (IPv4 or IPv6 stream): the source is the client
-//!   address everywhere (X-Forwarded-For, Forwarded, X-Real-IP, access log, logs, the PROXY
+//!   address everywhere (X-Forwarded-For, Forwarded, access log, logs, the PROXY
 //!   header a `tcp` listener sends on), the destination the local one;
 //! * v2 `LOCAL` (the balancer's own health check), v1 `UNKNOWN`, and v2 `PROXY` for another
 //!   family or transport: the connection's own addresses stand. v2 TLVs are ignored.
