@@ -21,7 +21,8 @@ use crate::support::*;
 
 const REASON: &str = "proxy_header";
 
-/// HAProxy, or `None` (with a note) when it is missing and `CERTGATE_SKIP_HAPROXY` is set.
+/// Whether HAProxy can be run; false (with a note) only when it is missing and
+/// `CERTGATE_SKIP_HAPROXY` is set; a missing HAProxy otherwise fails the test, saying so.
 fn haproxy_available() -> bool {
     match Command::new("haproxy").arg("-v").output() {
         Ok(out) if out.status.success() => true,
