@@ -105,7 +105,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", required=True)
     ap.add_argument("--scenario", required=True)
-    ap.add_argument("--pid", required=True, type=int, help="root pid of the terminator")
+    ap.add_argument("--pid", required=True, type=int, action="append",
+                    help="root pid of the terminator (repeat for replicas: their CPU is summed)")
     ap.add_argument("--tool", required=True, choices=PARSERS)
     ap.add_argument("--duration", required=True, type=float)
     ap.add_argument("--out", required=True, help="JSON-lines file to append to")
@@ -118,14 +119,15 @@ def main():
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
 
     u0 = upstream_accepts(a.upstream_status)
-    t0, c0 = time.monotonic(), procstat.cpu_ticks(a.pid)
+    cpu = lambda: sum(procstat.cpu_ticks(p) for p in a.pid)
+    t0, c0 = time.monotonic(), cpu()
     try:
         # Generous bound: a hung load generator must not hang the whole run.
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration * 3 + 30)
         text, rc = p.stdout + p.stderr, p.returncode
     except subprocess.TimeoutExpired as e:
         text, rc = f"TIMEOUT after {e.timeout}s\n{e.stdout or ''}", 124
-    c1, t1 = procstat.cpu_ticks(a.pid), time.monotonic()
+    c1, t1 = cpu(), time.monotonic()
     u1 = upstream_accepts(a.upstream_status)
     with open(a.raw, "w") as f:
         f.write(" ".join(cmd) + "\n\n" + text)
@@ -149,7 +151,7 @@ def main():
         "wall_s": wall,
         # New upstream connections the terminator opened (less the one status request).
         "upstream_conns": u1 - u0 - 1 if u0 is not None and u1 is not None else None,
-        "terminator_alive": procstat.tree(a.pid) != [] and _alive(a.pid),
+        "terminator_alive": all(procstat.tree(p) != [] and _alive(p) for p in a.pid),
     })
     for kv in a.tags:
         k, _, v = kv.partition("=")

@@ -2,6 +2,10 @@
 dated copy results/<date>-<commit>.md (and .svg).
 
     python3 report.py --work loadtest/work --results loadtest/results
+    python3 report.py --work loadtest/work --results loadtest/results --only replicas
+
+`--only replicas` (run.sh with ONLY=replicas) writes only the two-replica section, to
+results/<date>-<HHMM>-replicas-<commit>.md (and .jsonl), and leaves latest.* alone.
 """
 
 import argparse
@@ -50,12 +54,59 @@ def load(work):
     notes_path = os.path.join(work, "notes.txt")
     notes = [l.strip() for l in open(notes_path)] if os.path.exists(notes_path) else []
     checks = [r for r in rows if r.get("kind") == "ops_check"]
-    rows = [r for r in rows if r.get("kind") != "ops_check"]
+    shares = [r for r in rows if r.get("kind") == "replica_share"]
+    rows = [r for r in rows if r.get("kind") not in ("ops_check", "replica_share")]
     notes += [f"ka-mtls-ops: {c['access_lines']} access-log lines for {c['requests_2xx']} "
               f"completed requests ({c['aborted_at_deadline']} aborted by oha at the deadline), "
               f"statuses {c['access_status']}; /metrics scraped {c['scrapes_ok']} times "
               f"({c['scrapes_failed']} failed)" for c in checks]
+    # The resumed shares go with their scenario's bench line.
+    for sh in shares:
+        for r in rows:
+            if r["scenario"] == sh["scenario"]:
+                r["replicas"] = sh["replicas"]
+                r["resumed_share"] = sh["resumed_share"]
     return rows, meta, [n for n in notes if n]
+
+
+REPLICA_SCENARIOS = [
+    ("replicas-shared", "one ticket_keys file shared by both replicas"),
+    ("replicas-separate", "a ticket_keys file each (a ticket resumes only where it was issued)"),
+    ("replicas-haproxy", "replicas-shared behind HAProxy (mode tcp, send-proxy-v2, on core 1); "
+                         "listeners with proxy_protocol = \"v2\""),
+]
+
+
+def replicas_section(rows, meta):
+    """Two certgate processes sharing one port: throughput, CPU and resumed shares."""
+    by = {r["scenario"]: r for r in rows if r["target"] == "certgate"}
+    if not any(s in by for s, _ in REPLICA_SCENARIOS):
+        return []
+    out = ["", "## Two replicas behind one port", "",
+           "Two certgate processes, `workers = 1` each, replica A pinned to core 0 and B to core "
+           "1 (`taskset`), both bound to one port (SO_REUSEPORT: the kernel spreads the "
+           "connections), each with its own admin port. oha opens a new connection per request "
+           "(`--disable-keepalive -c 32`, client certificate) and resumes sessions; the resumed "
+           "share is read from each replica's own `certgate_handshakes_total{resumed}` before "
+           "and after. CPU µs/req is both replicas' CPU time over the requests. On this 2-core "
+           "machine B shares core 1 with oha and the upstream, so req/s is bounded by that core; "
+           "compare the resumed shares and CPU per request.", "",
+           "| variant | req/s | p50 ms | CPU µs/req (A+B) | handshakes A / B | "
+           "resumed A | resumed B | resumed overall | errors |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pct = lambda v: "–" if v is None else f"{100 * v:.0f} %"
+    for s, _ in REPLICA_SCENARIOS:
+        r = by.get(s)
+        if not r:
+            continue
+        reps = r.get("replicas") or []
+        hs = " / ".join(fmt_int(x["handshakes"]) for x in reps) or "–"
+        shares = [pct(x["share"]) for x in reps] + ["–", "–"]
+        out.append(f"| `{s}` | {fmt(r['rps'], 0)} | {fmt(r['p50_ms'], 2)} | "
+                   f"{fmt(r['cpu_us_per_req'])} | {hs} | {shares[0]} | {shares[1]} | "
+                   f"**{pct(r.get('resumed_share'))}** | {r['errors']} |")
+    out += ["", "Variants:", ""] + [f"- `{s}`: {d}" for s, d in REPLICA_SCENARIOS]
+    return out
 
 
 def markdown(rows, meta, notes):
@@ -138,6 +189,7 @@ def markdown(rows, meta, notes):
                        f"{r['rss_before_kib']:,} → {r['rss_after_kib']:,} | "
                        f"{fmt(b / 1024 if b is not None else None)} | "
                        f"{ratio(cg, b) if t != 'certgate' else ''} |")
+    out += replicas_section(rows, meta)
     notes = notes + [f"{r['target']} {r['scenario']}: {r['note']}" for r in rows if r.get("note")]
     if notes:
         out += ["", "## Notes from this run", ""] + [f"- {n}" for n in notes]
@@ -208,9 +260,29 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
+    ap.add_argument("--only", choices=["replicas"])
     a = ap.parse_args()
     rows, meta, notes = load(a.work)
     os.makedirs(a.results, exist_ok=True)
+    if a.only == "replicas":
+        v = meta["versions"]
+        md = "\n".join([
+            "# certgate: two replicas behind one port",
+            "",
+            f"- date: {meta['date']}, certgate commit `{meta['commit']}` ({v['certgate']})",
+            f"- machine: {meta['nproc']} CPUs, {meta['cpu']}, kernel {meta['kernel']}; "
+            f"load average {meta['loadavg_start']} at start, {meta['loadavg_end']} at end",
+            f"- {v['oha']}, HAProxy {v['haproxy']}; {meta['duration_s']} s per variant",
+        ] + replicas_section(rows, meta)
+            + (["", "## Notes from this run", ""] + [f"- {n}" for n in notes] if notes else [])
+            + [""])
+        stamp = f"{meta['date'][:10]}-{meta['date'][11:13]}{meta['date'][14:16]}-replicas-{meta['commit']}"
+        with open(os.path.join(a.results, f"{stamp}.md"), "w") as f:
+            f.write(md)
+        shutil.copy(os.path.join(a.work, "results.jsonl"),
+                    os.path.join(a.results, f"{stamp}.jsonl"))
+        print(md)
+        return
     md = os.path.join(a.results, "latest.md")
     sv = os.path.join(a.results, "latest.svg")
     with open(md, "w") as f:

@@ -8,7 +8,9 @@
 #
 # Other knobs: IDLE_CONNS (default 2000), SKIP_INSTALL=1, SKIP_BUILD=1, PERF=1 (profile
 # certgate with perf during ka-mtls and new-full-mtls), PORT_BASE (default 18440), CERTGATE_BIN
-# (with SKIP_BUILD=1: measure that binary instead of target/release/certgate), OHA_VERSION.
+# (with SKIP_BUILD=1: measure that binary instead of target/release/certgate), OHA_VERSION,
+# ONLY=replicas (only the two-replica scenarios, reported in results/<date>-<HHMM>-replicas-*.md;
+# latest.* is left alone), SKIP_REPLICAS=1 (a full run without them).
 #
 # loadtest/ab.sh sources this file for its helpers (main only runs when it is executed).
 set -euo pipefail
@@ -26,6 +28,9 @@ CERTGATE_BIN=${CERTGATE_BIN:-$ROOT/target/release/certgate}   # set it (and SKIP
 UPSTREAM_PORT=$((PORT_BASE + 0))
 declare -A PORT=([certgate]=$((PORT_BASE + 3)) [nginx]=$((PORT_BASE + 4)) [haproxy]=$((PORT_BASE + 5)))
 ADMIN_PORT=$((PORT_BASE + 6))   # certgate's admin listener in ka-mtls-ops
+REPLICA_PORT=$((PORT_BASE + 7))   # the one port both replicas bind (scenario_replicas)
+REPLICA_ADMIN=($((PORT_BASE + 8)) $((PORT_BASE + 9)))
+REPLICA_FRONT=$((PORT_BASE + 10))   # HAProxy in front of the replicas (replicas-haproxy)
 TARGETS=(certgate nginx haproxy)
 TERM_CPU=0   # the terminator under test, alone
 GEN_CPU=1    # load generator and upstream share the other core
@@ -126,7 +131,7 @@ install_tools() {
 # The Debian packages may have started system nginx/haproxy services; they are not ours (and
 # idle), but a left-over run or another service must not hold our ports.
 check_ports() {
-  for p in "$UPSTREAM_PORT" "${PORT[@]}"; do
+  for p in "$UPSTREAM_PORT" "${PORT[@]}" "$REPLICA_PORT" "$REPLICA_FRONT" "${REPLICA_ADMIN[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use (set PORT_BASE)"; fi
   done
 }
@@ -191,6 +196,8 @@ http {
     # each terminator opened per scenario.
     location = /status { stub_status; }
     location /xfcc { return 200 "xfcc=\$http_x_forwarded_client_cert\n"; }
+    # The client address a terminator forwarded (replicas-haproxy: the PROXY header's source).
+    location /xff { return 200 "xff=\$http_x_forwarded_for\n"; }
     # A 64 KiB response (ab.sh's ka-tls-64k): a static file, Content-Length framing.
     location = /64k { alias $d/64k.bin; }
   }
@@ -522,6 +529,118 @@ scenarios_resumption_off() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Two replicas behind one port (scale-out). Two certgate processes with one worker each, pinned
+# one per core (A on core 0, B on core 1; the machine has two, so B shares its core with oha and
+# the upstream), both bound to REPLICA_PORT (certgate sets SO_REUSEPORT, so the kernel spreads
+# the connections between them), each with its own admin port. oha opens a connection per
+# request and resumes sessions; replica_share.py reads each replica's own handshake counters
+# before and after, so the report can say which share of each replica's handshakes resumed.
+#   replicas-shared:   one `[server] ticket_keys` file for both: a ticket from A resumes on B;
+#   replicas-separate: a key file each: a ticket only resumes on the replica that issued it,
+#                      so about half of the resumption attempts become full handshakes;
+#   replicas-haproxy:  replicas-shared behind HAProxy (mode tcp, send-proxy-v2, on core 1), the
+#                      listeners with proxy_protocol = "v2"; checked first with a request from
+#                      127.0.0.2 whose address must reach the upstream in X-Forwarded-For.
+
+replica_conf() {  # replica_conf TICKET_KEYS ADMIN_PORT PROXY_PROTOCOL
+  cat <<EOF
+[server]
+workers = 1
+pin_workers = false   # taskset pins the whole process
+ticket_keys = "$1"
+
+[admin]
+bind = "127.0.0.1:$2"
+
+[[listener]]
+name = "replica"
+bind = "127.0.0.1:$REPLICA_PORT"
+cert = "$WORK/certs/server.pem"
+key = "$WORK/certs/server.key"
+client_certificate_mode = "accept"
+upstream = "127.0.0.1:$UPSTREAM_PORT"
+session_resumption = true
+proxy_protocol = "$3"
+EOF
+}
+
+# wait_ready ADMIN_PORT NAME: until the admin listener says ready (no TLS probe is counted).
+wait_ready() {
+  local port=$1 name=$2
+  for _ in $(seq 100); do
+    curl -sf --max-time 1 "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "${PID[$name]}" 2>/dev/null || { tail -20 "$WORK/logs/$name.log" >&2; die "$name exited at startup"; }
+    sleep 0.1
+  done
+  tail -20 "$WORK/logs/$name.log" >&2
+  die "$name never became ready"
+}
+
+# run_replicas SCENARIO KEYS_A KEYS_B PROXY_PROTOCOL: one variant, measured, then stopped.
+run_replicas() {
+  local s=$1 d=$WORK/replicas c=$WORK/certs port=$REPLICA_PORT cpu out
+  local urls=("http://127.0.0.1:${REPLICA_ADMIN[0]}/metrics" "http://127.0.0.1:${REPLICA_ADMIN[1]}/metrics")
+  log "$s: two replicas on one port, new connection per request with resumption (oha --disable-keepalive -c 32 --cert)"
+  replica_conf "$2" "${REPLICA_ADMIN[0]}" "$4" >"$d/$s-0.toml"
+  replica_conf "$3" "${REPLICA_ADMIN[1]}" "$4" >"$d/$s-1.toml"
+  for cpu in 0 1; do
+    CERTGATE_LOG=warn taskset -c "$cpu" "$CERTGATE_BIN" --config "$d/$s-$cpu.toml" \
+      >/dev/null 2>"$WORK/logs/replica-$cpu.log" &
+    PID[replica-$cpu]=$!
+    STARTED+=("$!")
+    wait_ready "${REPLICA_ADMIN[$cpu]}" "replica-$cpu"
+  done
+  if [[ $4 == v2 ]]; then
+    cat >"$d/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$REPLICA_FRONT
+  default_backend replicas
+backend replicas
+  server r 127.0.0.1:$REPLICA_PORT send-proxy-v2
+EOF
+    start replica-haproxy "$GEN_CPU" haproxy -db -f "$d/haproxy.cfg"
+    wait_port "$REPLICA_FRONT" replica-haproxy
+    port=$REPLICA_FRONT
+    out=$(curl -sS -k --max-time 5 --interface 127.0.0.2 "https://127.0.0.1:$port/xff") \
+      || die "$s: request through HAProxy failed"
+    [[ $out == "xff=127.0.0.2" ]] || die "$s: the upstream got '$out', not the PROXY source 127.0.0.2"
+    echo "  HAProxy send-proxy-v2 -> certgate: the upstream saw X-Forwarded-For: 127.0.0.2"
+  fi
+  out=$(curl -sS -k --max-time 5 --cert "$c/client.pem" --key "$c/client.key" "https://127.0.0.1:$port/xfcc") \
+    || die "$s: request with client certificate failed"
+  ((${#out} > 200)) || die "$s: upstream did not receive X-Forwarded-Client-Cert"
+  python3 "$HERE/replica_share.py" save "$d/$s-before.json" "${urls[@]}"
+  python3 "$HERE/bench.py" --target certgate --scenario "$s" --pid "${PID[replica-0]}" \
+    --pid "${PID[replica-1]}" --tool oha --duration "$DURATION" --out "$RESULTS_JSONL" \
+    --raw "$WORK/raw/$s-certgate.txt" --upstream-status "http://127.0.0.1:$UPSTREAM_PORT/status" \
+    -- taskset -c "$GEN_CPU" "$OHA" -c 32 -z "${DURATION}s" --output-format json "${OHA_TLS[@]}" \
+    --disable-keepalive --cert "$c/client.pem" --key "$c/client.key" "https://127.0.0.1:$port/"
+  python3 "$HERE/replica_share.py" diff "$d/$s-before.json" "${urls[@]}" --scenario "$s" \
+    --out "$RESULTS_JSONL" || warn "$s: a replica completed no handshake (is the port shared?)"
+  for name in replica-haproxy replica-0 replica-1; do stop "$name"; done
+  sleep 1
+}
+
+scenario_replicas() {
+  local d=$WORK/replicas k
+  if [[ -z $OHA ]]; then warn "oha missing: replica scenarios skipped"; return 0; fi
+  rm -rf "$d"
+  mkdir -p "$d"
+  for k in shared a b; do "$CERTGATE_BIN" tickets new --file "$d/$k.key" >/dev/null; done
+  run_replicas replicas-shared "$d/shared.key" "$d/shared.key" off
+  run_replicas replicas-separate "$d/a.key" "$d/b.key" off
+  run_replicas replicas-haproxy "$d/shared.key" "$d/shared.key" v2
+}
+
+# ---------------------------------------------------------------------------------------------
 # 7. Metadata for the report header.
 write_meta() {
   local commit; commit=${CERTGATE_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -570,6 +689,14 @@ main() {
   make_certs
   start_upstream
 
+  if [[ ${ONLY:-} == replicas ]]; then
+    scenario_replicas
+    write_meta
+    log "writing report"
+    python3 "$HERE/report.py" --work "$WORK" --results "$RESULTS" --only replicas
+    return 0
+  fi
+
   start_terminators on
   idle_memory
   scenarios_resumption_on
@@ -578,6 +705,8 @@ main() {
   start_terminators off
   scenarios_resumption_off
   stop_terminators
+
+  [[ ${SKIP_REPLICAS:-0} == 1 ]] || scenario_replicas
 
   write_meta
   log "writing report"

@@ -103,6 +103,19 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
         for line in &built.warnings {
             warn!(listener = %listener.name, "{line}");
         }
+        let proxy_in = &listener.proxy_in;
+        if proxy_in.accept != crate::config::ProxyAccept::Off {
+            let from: Vec<String> = proxy_in.from.iter().map(ToString::to_string).collect();
+            built.summary.push_str(&format!(
+                "; proxy_protocol={} from {}",
+                proxy_in.accept.as_str(),
+                if from.is_empty() {
+                    "every source".to_owned()
+                } else {
+                    from.join(", ")
+                },
+            ));
+        }
         summaries.push(built.summary);
         plans.push(ListenerPlan {
             name: listener.name.clone(),
@@ -117,6 +130,7 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
             verifies_clients: listener.client_ca.is_some(),
             protocol: listener.protocol,
             upstream_proxy_protocol: listener.upstream_proxy_protocol,
+            proxy_in: listener.proxy_in.clone(),
             passthrough: listener.passthrough.clone(),
             upstream_tls,
         });

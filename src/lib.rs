@@ -8,6 +8,7 @@
 //! (`--no-default-features`) has neither. Unit tests always have `pki`.
 
 pub mod app;
+pub mod cidr;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -13,6 +13,11 @@
 //!   `PP2_SUBTYPE_SSL_CN` (0x22, the leaf's subject CN) and `PP2_SUBTYPE_SSL_CIPHER` (0x23);
 //! * [`TLV_CLIENT_CERT_DER`] (0xE0, in the range the spec leaves to applications; ghostunnel
 //!   uses the same number): the client's leaf certificate, DER.
+//!
+//! The receiving side, a header a load balancer puts in front of a listener's TLS
+//! (`proxy_protocol`), is [`inbound`].
+
+pub mod inbound;
 
 use std::net::SocketAddr;
 

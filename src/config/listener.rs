@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyVersion};
+use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyAccept, ProxyIn, ProxyVersion};
+use crate::cidr::Cidr;
 use crate::identity::{self, Format, Forwarding};
 use crate::policy::allow::{self, AllowList};
 use crate::sni::SniRoutes;
@@ -53,6 +54,9 @@ pub struct Listener {
     /// `forward` and `xfcc_fields`: the identity headers the app receives. `by` is empty
     /// here; the TLS setup fills it from the listener's certificate.
     pub forwarding: Forwarding,
+    /// `proxy_protocol` and `proxy_protocol_from`: the PROXY header a load balancer in front
+    /// sends before the TLS bytes.
+    pub proxy_in: ProxyIn,
 }
 
 /// TLS to the upstream (`upstream = "https://host:port"`).
@@ -98,6 +102,9 @@ pub(super) struct FileListener {
     client_crl: Option<Vec<PathBuf>>,
     crl_unknown_status: Option<CrlUnknownStatus>,
     client_ca_hints: Option<bool>,
+    #[serde(default)]
+    proxy_protocol: ProxyAccept,
+    proxy_protocol_from: Option<Vec<String>>,
 }
 
 /// `[listener.allow]`.
@@ -185,6 +192,7 @@ impl FileListener {
                 tokens
             }
         };
+        let proxy_in = proxy_in(self.proxy_protocol, self.proxy_protocol_from, &key)?;
         let mut passthrough = SniRoutes::default();
         for (i, entry) in self.passthrough.iter().enumerate() {
             let field = |f: &str| key(&format!("passthrough[{i}].{f}"));
@@ -224,6 +232,7 @@ impl FileListener {
             client_crl: revocation.0,
             crl_deny_unknown: revocation.1,
             client_ca_hints: self.client_ca_hints.unwrap_or(true),
+            proxy_in,
         })
     }
 
@@ -493,6 +502,40 @@ fn host_of(authority: &str) -> &str {
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)
+}
+
+/// `proxy_protocol` + `proxy_protocol_from`. The list, when written, must name sources and
+/// needs a header to expect: an empty list would read as "nobody" to some and "everybody" to
+/// others, and a list on a listener that takes no header is a mistake about the other key.
+fn proxy_in(
+    accept: ProxyAccept,
+    from: Option<Vec<String>>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<ProxyIn, ConfigError> {
+    let Some(from) = from else {
+        return Ok(ProxyIn {
+            accept,
+            from: Vec::new(),
+        });
+    };
+    if accept == ProxyAccept::Off {
+        return Err(ConfigError::invalid(
+            key("proxy_protocol_from"),
+            "is set but proxy_protocol is \"off\" (set proxy_protocol = \"v1\", \"v2\" or \"any\", or remove the list)",
+        ));
+    }
+    if from.is_empty() {
+        return Err(ConfigError::invalid(
+            key("proxy_protocol_from"),
+            "must not be empty (leave it out to expect a PROXY header from every source)",
+        ));
+    }
+    let from = from
+        .iter()
+        .map(|net| net.parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::invalid(key("proxy_protocol_from"), e.to_string()))?;
+    Ok(ProxyIn { accept, from })
 }
 
 /// host:port → the first address the resolver returns.

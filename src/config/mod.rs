@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::proxy_header::inbound::{ProxyAccept, ProxyIn};
 pub use crate::proxy_header::ProxyVersion;
 
 /// The HTTP parser keeps header slots in a fixed array of this size, so `max_headers` can't exceed it.

@@ -551,3 +551,74 @@ fn upstream_schemes_and_default_ports() {
     let e = with("https://user@host:1", "upstream_ca = \"a.pem\"").unwrap_err();
     assert!(e.to_string().contains("listener[0].upstream"), "{e}");
 }
+
+#[test]
+fn proxy_protocol_defaults_off_and_takes_versions_and_sources() {
+    let base = "[[listener]]\nbind = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nupstream = \"127.0.0.1:8080\"\n";
+    assert_eq!(
+        parse(base).unwrap().listeners[0].proxy_in,
+        ProxyIn::default()
+    );
+    for (value, accept) in [
+        ("off", ProxyAccept::Off),
+        ("v1", ProxyAccept::V1),
+        ("v2", ProxyAccept::V2),
+        ("any", ProxyAccept::Any),
+    ] {
+        let c = parse(&format!("{base}proxy_protocol = \"{value}\"\n")).unwrap();
+        assert_eq!(
+            c.listeners[0].proxy_in,
+            ProxyIn {
+                accept,
+                from: Vec::new()
+            }
+        );
+    }
+    let c = parse(&format!(
+        "{base}proxy_protocol = \"v2\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n"
+    ))
+    .unwrap();
+    let from: Vec<String> = c.listeners[0]
+        .proxy_in
+        .from
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(from, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+}
+
+#[test]
+fn proxy_protocol_errors_name_the_key() {
+    let base = "[[listener]]\nbind = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nupstream = \"127.0.0.1:8080\"\n";
+    let e = err(&format!("{base}proxy_protocol = \"v3\"\n"));
+    // serde names the value and the allowed ones; the line and column point at the key.
+    assert!(
+        e.contains("v3") && e.contains("`off`, `v1`, `v2`, `any`") && e.contains("line 6"),
+        "{e}"
+    );
+    let e = err(&format!("{base}proxy_protocol_from = [\"10.0.0.0/8\"]\n"));
+    assert!(
+        e.contains("invalid `listener[0].proxy_protocol_from`") && e.contains("\"off\""),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{base}proxy_protocol = \"off\"\nproxy_protocol_from = [\"10.0.0.0/8\"]\n"
+    ));
+    assert!(e.contains("listener[0].proxy_protocol_from"), "{e}");
+    let e = err(&format!(
+        "{base}proxy_protocol = \"any\"\nproxy_protocol_from = []\n"
+    ));
+    assert!(
+        e.contains("listener[0].proxy_protocol_from") && e.contains("must not be empty"),
+        "{e}"
+    );
+    for bad in ["10.0.0.0/33", "10.0.0.1/8", "ten/8", "10.0.0.0/"] {
+        let e = err(&format!(
+            "{base}proxy_protocol = \"v1\"\nproxy_protocol_from = [\"127.0.0.1\", \"{bad}\"]\n"
+        ));
+        assert!(
+            e.contains("invalid `listener[0].proxy_protocol_from`") && e.contains(bad),
+            "{e}"
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod buffers;
 mod client;
 pub mod error;
 mod passthrough;
+mod proxy_in;
 mod session;
 mod tcp;
 mod tls_conn;
@@ -25,6 +26,7 @@ use crate::http::request::Limits;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::{FailReason, WorkerMetrics};
 use crate::ops::ratelimit::{LogLimiter, Verdict};
+use crate::proxy_header::inbound::ProxyIn;
 use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
 use crate::worker::Shutdown;
@@ -68,15 +70,42 @@ pub struct ListenerCtx {
     pub upstream_proxy_protocol: ProxyVersion,
     /// Server names relayed to their own upstream without termination (spliced).
     pub passthrough: crate::sni::SniRoutes,
+    /// Which sources must start with a PROXY header, and which versions are taken.
+    pub proxy_in: ProxyIn,
     pub shutdown: Rc<Shutdown>,
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
+///
+/// `socket_peer` is the address that connected. When the listener takes a PROXY header from
+/// it, the header's source replaces it from here on, so everything downstream that names the
+/// client (forwarding headers, access log, log lines, the PROXY header sent upstream) names
+/// the one the load balancer accepted.
+pub async fn serve(tcp: TcpStream, socket_peer: SocketAddr, ctx: Rc<ListenerCtx>) {
     let started = std::time::Instant::now();
     let _open = Open::new(ctx.clone());
     let _ = tcp.set_nodelay(true);
     let deadline = monoio::time::Instant::now() + ctx.timeouts.handshake;
+    let (peer, local) = if ctx.proxy_in.expected_from(socket_peer.ip()) {
+        match monoio::time::timeout_at(deadline, read_proxy_header(&tcp, socket_peer, &ctx)).await {
+            Ok(Some(addresses)) => addresses,
+            Ok(None) => return,
+            Err(_) => {
+                let reason = FailReason::ProxyHeader;
+                ctx.metrics.handshake_failed(ctx.index, reason);
+                log_refused(
+                    &ctx,
+                    socket_peer,
+                    reason,
+                    "no complete PROXY header in time",
+                    None,
+                );
+                return;
+            }
+        }
+    } else {
+        (socket_peer, None)
+    };
     let (tcp, conn) = if ctx.passthrough.is_empty() {
         match rustls::ServerConnection::new(ctx.tls.clone()) {
             Ok(c) => (tcp, c),
@@ -143,8 +172,35 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
         "TLS connection established"
     );
     match ctx.protocol {
-        ListenerProtocol::Http => session::Session::new(tls, peer, ctx).run().await,
-        ListenerProtocol::Tcp => tcp::serve(tls, peer, ctx).await,
+        ListenerProtocol::Http => session::Session::new(tls, peer, local, ctx).run().await,
+        ListenerProtocol::Tcp => tcp::serve(tls, peer, local, ctx).await,
+    }
+}
+
+/// The client and local addresses a PROXY header names (the socket's own for v2 `LOCAL` and
+/// v1 `UNKNOWN`); `None` when the connection is to be closed (counted and logged here).
+async fn read_proxy_header(
+    tcp: &TcpStream,
+    socket_peer: SocketAddr,
+    ctx: &ListenerCtx,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    match proxy_in::read(tcp, ctx.proxy_in.accept).await {
+        Ok(received) => Some(match received.addresses() {
+            Some((source, destination)) => (source, Some(destination)),
+            None => (socket_peer, None),
+        }),
+        Err(proxy_in::Failure::Closed) => {
+            ctx.metrics.handshake_failed(ctx.index, FailReason::Closed);
+            None
+        }
+        Err(e) => {
+            // Nothing is answered: whoever sent this does not speak the PROXY protocol, and a
+            // TLS alert would mean as little to it as a close.
+            let reason = FailReason::ProxyHeader;
+            ctx.metrics.handshake_failed(ctx.index, reason);
+            log_refused(ctx, socket_peer, reason, &e.to_string(), None);
+            None
+        }
     }
 }
 
@@ -267,10 +323,11 @@ mod tests {
                 protocol: ListenerProtocol::Http,
                 upstream_proxy_protocol: ProxyVersion::Off,
                 passthrough: crate::sni::SniRoutes::default(),
+                proxy_in: ProxyIn::default(),
                 shutdown: Rc::new(Shutdown::default()),
             });
             let tls = TlsConn::new(tcp, rustls::ServerConnection::new(config).unwrap());
-            let session = session::Session::new(tls, "127.0.0.1:1".parse().unwrap(), ctx);
+            let session = session::Session::new(tls, "127.0.0.1:1".parse().unwrap(), None, ctx);
             let run = session.run();
             let size = std::mem::size_of_val(&run);
             assert!(size <= 6 * 1024, "a connection's future is {size} bytes");

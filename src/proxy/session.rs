@@ -69,8 +69,9 @@ pub struct Session {
 /// own upstream connection, kept alive between its requests and closed with it (as HAProxy
 /// marks `send-proxy` connections private).
 struct Private {
-    /// The PROXY header, made once per client connection.
-    preface: Vec<u8>,
+    /// The PROXY header, made once per client connection (`None`: it could not be encoded,
+    /// and no upstream connection can be made for this client).
+    preface: Option<Vec<u8>>,
     idle: Option<Parked>,
 }
 
@@ -144,7 +145,13 @@ struct Answer {
 }
 
 impl Session {
-    pub fn new(tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCtx>) -> Self {
+    /// `local` is the local address a received PROXY header named (`None`: the socket's).
+    pub fn new(
+        tls: TlsConn,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        ctx: Rc<ListenerCtx>,
+    ) -> Self {
         let xfcc_line = tls
             .peer_certificates()
             .and_then(|chain| cache::header_for(&ctx.cache, chain));
@@ -152,6 +159,15 @@ impl Session {
             .access_log
             .is_some()
             .then(|| Box::new(ConnInfo::of(&tls)));
+        let private = (ctx.upstream_proxy_protocol != ProxyVersion::Off).then(|| {
+            let preface = super::tcp::preface(&tls, (peer, local), &ctx)
+                .inspect_err(|e| debug!(listener = %ctx.name, %peer, "{e}"))
+                .ok();
+            Box::new(Private {
+                preface,
+                idle: None,
+            })
+        });
         Self {
             client: Client {
                 tls,
@@ -167,7 +183,7 @@ impl Session {
             peer,
             tally: Tally::default(),
             info,
-            private: None,
+            private,
         }
     }
 
@@ -462,24 +478,13 @@ impl Session {
     }
 
     async fn acquire_upstream(&mut self, fresh: bool) -> Result<Upstream, UpstreamError> {
-        if self.ctx.upstream_proxy_protocol == ProxyVersion::Off {
-            if !fresh {
-                if let Some(up) = self.ctx.pool.take() {
-                    return Ok(up);
-                }
+        if self.private.is_none() && !fresh {
+            if let Some(up) = self.ctx.pool.take() {
+                return Ok(up);
             }
-            return Ok(super::connect_upstream(&self.ctx, &[]).await?);
         }
-        let private = match &mut self.private {
-            Some(private) => private,
-            None => {
-                let preface = super::tcp::preface(&self.client.tls, self.peer, &self.ctx)
-                    .map_err(|e| ConnectError::Tcp(std::io::Error::other(e)))?;
-                self.private.insert(Box::new(Private {
-                    preface,
-                    idle: None,
-                }))
-            }
+        let Some(private) = &mut self.private else {
+            return Ok(super::connect_upstream(&self.ctx, &[]).await?);
         };
         if let Some(up) = private
             .idle
@@ -489,7 +494,11 @@ impl Session {
         {
             return Ok(up);
         }
-        Ok(super::connect_upstream(&self.ctx, &private.preface).await?)
+        let Some(preface) = &private.preface else {
+            let e = std::io::Error::other("the PROXY header for this client cannot be encoded");
+            return Err(ConnectError::Tcp(e).into());
+        };
+        Ok(super::connect_upstream(&self.ctx, preface).await?)
     }
 
     /// Sends the request (the head in `out`, then the rest of the body) and reads the final

@@ -17,8 +17,15 @@ use crate::ops::access_log;
 use crate::ops::metrics::UpstreamErrorKind;
 use crate::proxy_header::{self, ClientFacts};
 
-pub(crate) async fn serve(mut tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCtx>) {
-    let header = match preface(&tls, peer, &ctx) {
+/// `peer` and `local` are the client and local addresses a received PROXY header named
+/// (`local` is `None` without one: the socket's own is used).
+pub(crate) async fn serve(
+    mut tls: TlsConn,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    ctx: Rc<ListenerCtx>,
+) {
+    let header = match preface(&tls, (peer, local), &ctx) {
         Ok(h) => h,
         Err(e) => {
             debug!(listener = %ctx.name, %peer, "{e}");
@@ -47,14 +54,14 @@ pub(crate) async fn serve(mut tls: TlsConn, peer: SocketAddr, ctx: Rc<ListenerCt
 /// the listener sends none.
 pub(super) fn preface(
     tls: &TlsConn,
-    peer: SocketAddr,
+    addrs: (SocketAddr, Option<SocketAddr>),
     ctx: &ListenerCtx,
 ) -> Result<Vec<u8>, proxy_header::EncodeError> {
     let cn = tls
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|der| common_name(der));
-    let facts = facts(tls, peer, cn.as_deref(), ctx.verifies_clients);
+    let facts = facts(tls, addrs, cn.as_deref(), ctx.verifies_clients);
     proxy_header::encode(ctx.upstream_proxy_protocol, &facts)
 }
 
@@ -68,14 +75,15 @@ fn common_name(der: &[u8]) -> Option<String> {
 /// What the PROXY header tells the app about this client connection.
 fn facts<'a>(
     tls: &'a TlsConn,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
     cn: Option<&'a str>,
     verifies: bool,
 ) -> ClientFacts<'a> {
     let leaf = tls.peer_certificates().and_then(|c| c.first());
     ClientFacts {
         client: Some(peer),
-        local: tls.local_addr(),
+        // A header passed on names the connection the balancer accepted, both ends of it.
+        local: local.or_else(|| tls.local_addr()),
         alpn: tls.alpn_protocol(),
         sni: tls.server_name(),
         tls_version: access_log::tls_version(tls.protocol_version()),

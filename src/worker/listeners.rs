@@ -178,6 +178,7 @@ impl Listeners {
             verifies_clients: plan.verifies_clients,
             protocol: plan.protocol,
             upstream_proxy_protocol: plan.upstream_proxy_protocol,
+            proxy_in: plan.proxy_in,
             passthrough: plan.passthrough,
             tunnel_idle: settings.timeouts.tunnel_idle,
             shutdown: self.shutdown.clone(),

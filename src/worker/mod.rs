@@ -68,6 +68,8 @@ pub struct ListenerPlan {
     pub verifies_clients: bool,
     pub protocol: crate::config::ListenerProtocol,
     pub upstream_proxy_protocol: crate::proxy_header::ProxyVersion,
+    /// Which sources must send a PROXY header first.
+    pub proxy_in: crate::proxy_header::inbound::ProxyIn,
     /// Server names relayed without termination.
     pub passthrough: crate::sni::SniRoutes,
     /// TLS to the upstream (`upstream = "https://…"`).

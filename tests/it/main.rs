@@ -13,6 +13,7 @@ mod ops_reload;
 mod packaging;
 mod passthrough;
 mod policy;
+mod proxy_in;
 mod proxying;
 mod relay;
 mod support;

@@ -25,12 +25,15 @@ pub enum FailReason {
     Timeout,
     /// The client closed or reset the connection mid-handshake (port scanners, TCP checks).
     Closed,
+    /// A listener with `proxy_protocol` got no PROXY header, a malformed or oversized one, or
+    /// not all of it within `timeouts.handshake`, from a source that must send one.
+    ProxyHeader,
     /// Anything else (an internal error).
     Other,
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 10] = [
+    pub const ALL: [FailReason; 11] = [
         FailReason::NoCertificate,
         FailReason::Untrusted,
         FailReason::Expired,
@@ -40,6 +43,7 @@ impl FailReason {
         FailReason::ClientAlert,
         FailReason::Timeout,
         FailReason::Closed,
+        FailReason::ProxyHeader,
         FailReason::Other,
     ];
 
@@ -55,6 +59,7 @@ impl FailReason {
             FailReason::ClientAlert => "client_alert",
             FailReason::Timeout => "timeout",
             FailReason::Closed => "closed",
+            FailReason::ProxyHeader => "proxy_header",
             FailReason::Other => "other",
         }
     }

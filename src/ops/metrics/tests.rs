@@ -427,6 +427,7 @@ fn handshake_failures_map_to_reasons() {
         "bad_signature",
         "protocol",
         "timeout",
+        "proxy_header",
     ] {
         assert!(names.contains(&required), "{required}");
     }
