@@ -435,7 +435,11 @@ async fn worker_loop(
     ));
     debug!(worker = index, "worker running");
 
-    match UnixStream::from_std(wake) {
+    // The epoll driver reads a blocking descriptor with a plain (blocking) recv, which would
+    // park the whole worker after the first command; io_uring does not care. Non-blocking
+    // suits both.
+    let wake = wake.set_nonblocking(true).map(|()| wake);
+    match wake.and_then(UnixStream::from_std) {
         Ok(mut wake) => {
             // Any byte: commands are waiting; EOF (or an error): stop.
             let mut buf = vec![0u8; 16];

@@ -493,6 +493,17 @@ fn restart_only_keys_are_reported_once_and_the_rest_of_the_reload_applies() {
 
 #[test]
 fn reload_opens_added_listeners_closes_removed_ones_and_moves_a_changed_bind() {
+    listeners_follow_a_reload(false);
+}
+
+/// The same on the epoll driver (what runs where io_uring is blocked, e.g. a container's
+/// default seccomp profile): a worker must go on serving after it took a reload.
+#[test]
+fn reload_keeps_serving_on_the_epoll_driver() {
+    listeners_follow_a_reload(true);
+}
+
+fn listeners_follow_a_reload(epoll: bool) {
     let echo = echo_app();
     let dir = temp_dir("ops-listeners");
     write_pki(&dir);
@@ -504,9 +515,19 @@ fn reload_opens_added_listeners_closes_removed_ones_and_moves_a_changed_bind() {
         }
         text
     };
-    let mut proc = Proc::spawn(&dir, &config(&[("a", pa), ("b", pb)]), |_| {});
+    let mut proc = Proc::spawn(&dir, &config(&[("a", pa), ("b", pb)]), |cmd| {
+        if epoll {
+            cmd.env("CERTGATE_EPOLL", "1");
+        }
+    });
     let a = proc.wait_tcp(pa);
     let b = proc.wait_tcp(pb);
+    assert_eq!(
+        proc.stderr.text().contains("falling back to the epoll driver"),
+        epoll,
+        "{}",
+        proc.stderr.text()
+    );
     let none = || client_config(ClientCert::None, false);
     // Established keep-alive connections on the listener to be removed and the one to move.
     let mut on_b = connect(b, none());
