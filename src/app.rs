@@ -147,7 +147,7 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
 fn forwarding(listener: &Listener) -> Result<Forwarding, StartupError> {
     let mut forwarding = listener.forwarding.clone();
     if forwarding.xfcc.is_some_and(|f| f.by) {
-        let chain = tls::load_certs(&listener.cert)?;
+        let (chain, _) = tls::certs::load(&listener.identities[0])?;
         forwarding.by = chain
             .first()
             .map(|leaf| crate::identity::uri_sans(leaf))

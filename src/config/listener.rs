@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::certs::{self, FileIdentity, Identity};
 use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyAccept, ProxyIn, ProxyVersion};
 use crate::cidr::Cidr;
 use crate::identity::{self, Format, Forwarding};
@@ -19,10 +20,9 @@ pub struct Listener {
     /// Unique within a config, so a listener's metrics survive a reload that keeps its name.
     pub name: String,
     pub bind: SocketAddr,
-    /// PEM, leaf first then intermediates; resolved against the config file's directory.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, SEC1 or PKCS#1); resolved like `cert`.
-    pub key: PathBuf,
+    /// The certificates served: one, or one per key type (see `certs`). Paths are resolved
+    /// against the config file's directory.
+    pub identities: Vec<Identity>,
     pub client_certificate_mode: ClientCertMode,
     /// Trust anchors for client certificates; resolved like `cert`.
     pub client_ca: Option<PathBuf>,
@@ -78,8 +78,10 @@ pub struct UpstreamTls {
 pub(super) struct FileListener {
     name: Option<String>,
     bind: String,
-    cert: PathBuf,
-    key: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cert_password_file: Option<PathBuf>,
+    certificates: Option<Vec<FileIdentity>>,
     #[serde(default)]
     client_certificate_mode: ClientCertMode,
     client_ca: Option<PathBuf>,
@@ -141,7 +143,7 @@ struct FilePassthrough {
 
 impl FileListener {
     pub(super) fn into_listener(
-        self,
+        mut self,
         index: usize,
         base_dir: &Path,
     ) -> Result<Listener, ConfigError> {
@@ -159,6 +161,14 @@ impl FileListener {
             .map_err(|message| ConfigError::invalid(key("upstream"), message))?;
         let upstream_tls = self.upstream_tls(tls, &upstream_authority, base_dir, &key)?;
         let forwarding = forwarding(self.forward.as_deref(), self.xfcc_fields.as_deref(), &key)?;
+        let identities = certs::identities(
+            self.cert.take(),
+            self.key.take(),
+            self.cert_password_file.take(),
+            self.certificates.take(),
+            base_dir,
+            &format!("listener[{index}]"),
+        )?;
         let revocation = self.revocation(base_dir, &key)?;
         let allow = self.allow_list(&key)?;
         let name = match self.name {
@@ -215,8 +225,7 @@ impl FileListener {
         Ok(Listener {
             name,
             bind,
-            cert: base_dir.join(self.cert),
-            key: base_dir.join(self.key),
+            identities,
             client_certificate_mode: self.client_certificate_mode,
             client_ca: self.client_ca.map(|p| base_dir.join(p)),
             upstream,

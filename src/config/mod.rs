@@ -268,9 +268,8 @@ impl Config {
         let mut files: Vec<&Path> = self.server.ticket_keys.as_deref().into_iter().collect();
         for l in &self.listeners {
             let tls = l.upstream_tls.as_ref();
+            let own = l.identities.iter().flat_map(|i| i.files().map(Some));
             let named = [
-                Some(l.cert.as_path()),
-                Some(l.key.as_path()),
                 l.client_ca.as_deref(),
                 tls.map(|t| t.ca.as_path()),
                 tls.and_then(|t| t.client_cert.as_ref())
@@ -279,7 +278,7 @@ impl Config {
                     .map(|c| c.1.as_path()),
             ];
             let crls = l.client_crl.iter().map(|p| Some(p.as_path()));
-            for path in named.into_iter().chain(crls).flatten() {
+            for path in own.chain(named).chain(crls).flatten() {
                 if !files.contains(&path) {
                     files.push(path);
                 }
@@ -338,9 +337,11 @@ fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
     }
 }
 
+mod certs;
 mod file;
 mod listener;
 
+pub use certs::Identity;
 use file::FileConfig;
 pub use listener::{Listener, UpstreamTls};
 

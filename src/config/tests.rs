@@ -120,8 +120,14 @@ fn full_file_parses_with_every_value() {
     let a = &c.listeners[0];
     assert_eq!(a.name, "public");
     assert_eq!(a.bind, "0.0.0.0:8443".parse().unwrap());
-    assert_eq!(a.cert, Path::new("/etc/certgate/certs/server.pem"));
-    assert_eq!(a.key, Path::new("/abs/server.key"));
+    assert_eq!(
+        a.identities[0].cert,
+        Path::new("/etc/certgate/certs/server.pem")
+    );
+    assert_eq!(
+        a.identities[0].key.as_deref(),
+        Some(Path::new("/abs/server.key"))
+    );
     assert_eq!(a.client_certificate_mode, ClientCertMode::Require);
     assert_eq!(
         a.client_ca.as_deref(),
@@ -229,8 +235,11 @@ fn relative_paths_resolve_against_config_dir() {
     let text = MINIMAL.replace("upstream =", "client_ca = \"ca/c.pem\"\nupstream =");
     let c = Config::from_toml(&text, Path::new("/srv/conf")).unwrap();
     let l = &c.listeners[0];
-    assert_eq!(l.cert, Path::new("/srv/conf/server.pem"));
-    assert_eq!(l.key, Path::new("/srv/conf/server.key"));
+    assert_eq!(l.identities[0].cert, Path::new("/srv/conf/server.pem"));
+    assert_eq!(
+        l.identities[0].key.as_deref(),
+        Some(Path::new("/srv/conf/server.key"))
+    );
     assert_eq!(
         l.client_ca.as_deref(),
         Some(Path::new("/srv/conf/ca/c.pem"))
@@ -313,7 +322,7 @@ fn load_resolves_paths_against_file_dir_and_names_file_in_errors() {
     let path = dir.join("certgate.toml");
     std::fs::write(&path, MINIMAL).unwrap();
     let c = Config::load(&path).unwrap();
-    assert_eq!(c.listeners[0].cert, dir.join("server.pem"));
+    assert_eq!(c.listeners[0].identities[0].cert, dir.join("server.pem"));
     std::fs::write(&path, format!("bogus = 1\n{MINIMAL}")).unwrap();
     let e = Config::load(&path).unwrap_err().to_string();
     assert!(e.contains("certgate.toml") && e.contains("bogus"), "{e}");

@@ -4,6 +4,7 @@
 //! Certificate and key files are read and checked here, and every failure names the file.
 
 pub mod cache;
+pub mod certs;
 pub mod tickets;
 pub mod upstream;
 pub mod verify;
@@ -197,8 +198,7 @@ pub fn server_config_with(
     ticketer: Option<Arc<dyn ProducesTickets>>,
 ) -> Result<ListenerTls, TlsError> {
     let provider = provider();
-    let chain = load_certs(&listener.cert)?;
-    let key = load_key(&listener.key)?;
+    let served = certs::certified(&listener.name, &listener.identities, &provider)?;
     let roots = match &listener.client_ca {
         Some(path) => Some((path, load_roots(path)?)),
         None => None,
@@ -235,18 +235,14 @@ pub fn server_config_with(
         None => builder.with_no_client_auth(),
         Some(v) => builder.with_client_cert_verifier(Arc::new(v)),
     };
-    let leaf_count = chain.len();
-    let not_after = chain
-        .first()
-        .and_then(|leaf| crate::ops::metrics::cert_not_after(leaf));
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::KeyMismatch {
-            listener: listener.name.clone(),
-            cert: listener.cert.clone(),
-            key: listener.key.clone(),
-            what: e.to_string(),
-        })?;
+    let leaf_count = served.first().map_or(0, |k| k.cert.len());
+    // The expiry metric follows the certificate that expires first.
+    let not_after = served
+        .iter()
+        .filter_map(|k| k.end_entity_cert().ok())
+        .filter_map(|leaf| crate::ops::metrics::cert_not_after(leaf))
+        .min();
+    let mut config = builder.with_cert_resolver(Arc::new(certs::ByKeyType(served)));
     // A `tcp` listener relays whatever protocol the client speaks: it offers no ALPN, so a
     // client that offers its own (e.g. `postgresql`) is not refused for a missing overlap.
     config.alpn_protocols = match listener.protocol {

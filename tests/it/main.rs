@@ -1,6 +1,7 @@
 //! certgate's integration tests: real sockets on 127.0.0.1, real TLS handshakes, real clients
 //! (rustls, curl, openssl s_client), the echo app as upstream. One binary to keep links short.
 
+mod certs;
 mod cli;
 mod faults;
 mod hardening;

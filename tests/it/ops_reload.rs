@@ -523,7 +523,9 @@ fn listeners_follow_a_reload(epoll: bool) {
     let a = proc.wait_tcp(pa);
     let b = proc.wait_tcp(pb);
     assert_eq!(
-        proc.stderr.text().contains("falling back to the epoll driver"),
+        proc.stderr
+            .text()
+            .contains("falling back to the epoll driver"),
         epoll,
         "{}",
         proc.stderr.text()
