@@ -17,6 +17,8 @@ pub enum FailReason {
     BadSignature,
     /// A CRL says the certificate is revoked.
     Revoked,
+    /// The certificate passed, but the listener's allowlist does not name it.
+    Denied,
     /// The client sent something TLS does not allow, or nothing we both support.
     Protocol,
     /// The client aborted with an alert, typically because it rejects our certificate.
@@ -33,12 +35,13 @@ pub enum FailReason {
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 11] = [
+    pub const ALL: [FailReason; 12] = [
         FailReason::NoCertificate,
         FailReason::Untrusted,
         FailReason::Expired,
         FailReason::BadSignature,
         FailReason::Revoked,
+        FailReason::Denied,
         FailReason::Protocol,
         FailReason::ClientAlert,
         FailReason::Timeout,
@@ -55,6 +58,7 @@ impl FailReason {
             FailReason::Expired => "expired",
             FailReason::BadSignature => "bad_signature",
             FailReason::Revoked => "revoked",
+            FailReason::Denied => "denied",
             FailReason::Protocol => "protocol",
             FailReason::ClientAlert => "client_alert",
             FailReason::Timeout => "timeout",
@@ -75,6 +79,7 @@ impl FailReason {
                 | C::NotValidYet
                 | C::NotValidYetContext { .. } => FailReason::Expired,
                 C::Revoked => FailReason::Revoked,
+                C::ApplicationVerificationFailure => FailReason::Denied,
                 C::BadSignature
                 | C::UnsupportedSignatureAlgorithmContext { .. }
                 | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {

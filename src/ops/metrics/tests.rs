@@ -397,6 +397,10 @@ fn handshake_failures_map_to_reasons() {
         ),
         (E::InvalidCertificate(C::Revoked), FailReason::Revoked),
         (
+            E::InvalidCertificate(C::ApplicationVerificationFailure),
+            FailReason::Denied,
+        ),
+        (
             E::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon),
             FailReason::Protocol,
         ),
