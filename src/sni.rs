@@ -1,5 +1,5 @@
-//! Server-name matching for SNI routes (pure): which passthrough upstream, if any, a
-//! ClientHello's server name selects.
+//! Server-name matching (pure): which passthrough upstream or which site, if any, a
+//! ClientHello's server name (or a request's Host) selects.
 //!
 //! A pattern is an exact DNS name or one leading `*.` label (`*.example.com` matches
 //! `a.example.com`, not `example.com` nor `a.b.example.com`). Matching is case-insensitive and
@@ -7,12 +7,24 @@
 
 use std::net::SocketAddr;
 
-/// Names routed to upstreams, as configured.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SniRoutes {
-    exact: Vec<(String, SocketAddr)>,
-    wildcard: Vec<(String, SocketAddr)>,
+/// Names mapped to values (an upstream, a site), as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniMap<T> {
+    exact: Vec<(String, T)>,
+    wildcard: Vec<(String, T)>,
 }
+
+impl<T> Default for SniMap<T> {
+    fn default() -> Self {
+        SniMap {
+            exact: Vec::new(),
+            wildcard: Vec::new(),
+        }
+    }
+}
+
+/// Passthrough names and their upstreams.
+pub type SniRoutes = SniMap<SocketAddr>;
 
 /// Why a server-name pattern is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,9 +35,9 @@ pub enum PatternError {
     Duplicate(String),
 }
 
-impl SniRoutes {
+impl<T: Clone> SniMap<T> {
     /// Adds `upstream` for every pattern, validating each.
-    pub fn add(&mut self, patterns: &[String], upstream: SocketAddr) -> Result<(), PatternError> {
+    pub fn add(&mut self, patterns: &[String], upstream: T) -> Result<(), PatternError> {
         for raw in patterns {
             let name = normalize(raw);
             let (list, base) = match name.strip_prefix("*.") {
@@ -38,26 +50,38 @@ impl SniRoutes {
             if list.iter().any(|(n, _)| *n == base) {
                 return Err(PatternError::Duplicate(raw.clone()));
             }
-            list.push((base, upstream));
+            list.push((base, upstream.clone()));
         }
         Ok(())
     }
+}
 
+impl<T> SniMap<T> {
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty()
     }
 
-    /// The upstream for a ClientHello's server name, if a pattern claims it.
-    pub fn route(&self, server_name: &str) -> Option<SocketAddr> {
+    /// The value for a server name, if a pattern claims it (exact before wildcard).
+    pub fn route(&self, server_name: &str) -> Option<&T> {
         let name = normalize(server_name);
         if let Some((_, up)) = self.exact.iter().find(|(n, _)| *n == name) {
-            return Some(*up);
+            return Some(up);
         }
         let (_, parent) = name.split_once('.')?;
         self.wildcard
             .iter()
             .find(|(base, _)| base == parent)
-            .map(|(_, up)| *up)
+            .map(|(_, up)| up)
+    }
+
+    /// The value a pattern (as configured, `*.` included) was added with.
+    pub fn owner(&self, pattern: &str) -> Option<&T> {
+        let name = normalize(pattern);
+        let (list, base) = match name.strip_prefix("*.") {
+            Some(base) => (&self.wildcard, base),
+            None => (&self.exact, name.as_str()),
+        };
+        list.iter().find(|(n, _)| n == base).map(|(_, v)| v)
     }
 }
 
@@ -106,10 +130,12 @@ mod tests {
     #[test]
     fn exact_names_match_case_insensitively_and_beat_wildcards() {
         let r = routes();
-        assert_eq!(r.route("legacy.example.com"), Some(addr(1)));
-        assert_eq!(r.route("LEGACY.Example.COM."), Some(addr(1)));
-        assert_eq!(r.route("exact.internal.example.com"), Some(addr(3)));
-        assert_eq!(r.route("other.internal.example.com"), Some(addr(2)));
+        assert_eq!(r.route("legacy.example.com"), Some(&addr(1)));
+        assert_eq!(r.route("LEGACY.Example.COM."), Some(&addr(1)));
+        assert_eq!(r.route("exact.internal.example.com"), Some(&addr(3)));
+        assert_eq!(r.route("other.internal.example.com"), Some(&addr(2)));
+        assert_eq!(r.owner("*.INTERNAL.example.com"), Some(&addr(2)));
+        assert_eq!(r.owner("internal.example.com"), None);
     }
 
     #[test]

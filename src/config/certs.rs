@@ -29,7 +29,7 @@ impl Identity {
 }
 
 /// `certificates = [{ cert = …, key = … }, …]`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileIdentity {
     cert: PathBuf,

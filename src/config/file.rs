@@ -120,7 +120,7 @@ impl FileConfig {
         }
         let mut listeners: Vec<Listener> = Vec::with_capacity(self.listeners.len());
         for (index, file) in self.listeners.into_iter().enumerate() {
-            let listener = file.into_listener(index, base_dir)?;
+            let listener = file.into_listener(&format!("listener[{index}]"), base_dir)?;
             if let Some(other) = listeners.iter().find(|l| l.bind == listener.bind) {
                 return Err(ConfigError::invalid(
                     format!("listener[{index}].bind"),

@@ -6,11 +6,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::certs::{self, FileIdentity, Identity};
+use site::FileSite;
+pub use site::Site;
+
+mod site;
 use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyAccept, ProxyIn, ProxyVersion};
 use crate::cidr::Cidr;
 use crate::identity::{self, Format, Forwarding};
 use crate::policy::allow::{self, AllowList};
-use crate::sni::SniRoutes;
+use crate::sni::{SniMap, SniRoutes};
 use crate::xfcc::Fields;
 
 /// One `[[listener]]`: a TLS port in front of one plain HTTP/1.1 upstream.
@@ -57,6 +61,14 @@ pub struct Listener {
     /// `proxy_protocol` and `proxy_protocol_from`: the PROXY header a load balancer in front
     /// sends before the TLS bytes.
     pub proxy_in: ProxyIn,
+    /// `[[listener.site]]`: server names with their own policy; the listener's own keys are
+    /// the default site (no SNI, or a name no site claims).
+    pub sites: Vec<Site>,
+    /// Server name → index into `sites`.
+    pub site_names: SniMap<usize>,
+    /// `strict_sni`: no SNI, or a name no site claims, fails the handshake
+    /// (`unrecognized_name`) instead of getting the default site.
+    pub strict_sni: bool,
 }
 
 /// TLS to the upstream (`upstream = "https://host:port"`).
@@ -73,7 +85,7 @@ pub struct UpstreamTls {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileListener {
     name: Option<String>,
@@ -107,10 +119,13 @@ pub(super) struct FileListener {
     #[serde(default)]
     proxy_protocol: ProxyAccept,
     proxy_protocol_from: Option<Vec<String>>,
+    #[serde(default)]
+    site: Vec<FileSite>,
+    strict_sni: Option<bool>,
 }
 
 /// `[listener.allow]`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct FileAllow {
     #[serde(default)]
@@ -134,7 +149,7 @@ enum CrlUnknownStatus {
 }
 
 /// `[[listener.passthrough]]`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct FilePassthrough {
     server_names: Vec<String>,
@@ -142,12 +157,23 @@ struct FilePassthrough {
 }
 
 impl FileListener {
+    /// `at` names the table in errors: `listener[0]`, or `listener[0].site[1]`.
     pub(super) fn into_listener(
         mut self,
-        index: usize,
+        at: &str,
         base_dir: &Path,
     ) -> Result<Listener, ConfigError> {
-        let key = |field: &str| format!("listener[{index}].{field}");
+        let key = |field: &str| format!("{at}.{field}");
+        // Sites are built from the listener's table as written, before it is taken apart.
+        let site_files = std::mem::take(&mut self.site);
+        let base = (!site_files.is_empty()).then(|| self.clone());
+        let strict_sni = self.strict_sni.unwrap_or(false);
+        if strict_sni && site_files.is_empty() && self.passthrough.is_empty() {
+            return Err(ConfigError::invalid(
+                key("strict_sni"),
+                "needs [[listener.site]] or [[listener.passthrough]] entries: every name would be refused",
+            ));
+        }
         let bind: SocketAddr = self.bind.trim().parse().map_err(|_| {
             ConfigError::invalid(
                 key("bind"),
@@ -167,7 +193,7 @@ impl FileListener {
             self.cert_password_file.take(),
             self.certificates.take(),
             base_dir,
-            &format!("listener[{index}]"),
+            at,
         )?;
         let revocation = self.revocation(base_dir, &key)?;
         let allow = self.allow_list(&key)?;
@@ -242,6 +268,17 @@ impl FileListener {
             crl_deny_unknown: revocation.1,
             client_ca_hints: self.client_ca_hints.unwrap_or(true),
             proxy_in,
+            sites: Vec::new(),
+            site_names: SniMap::default(),
+            strict_sni,
+        })
+        .and_then(|mut listener| {
+            if let Some(base) = base {
+                let (sites, names) = site::sites(&base, &site_files, &listener, at, base_dir)?;
+                listener.sites = sites;
+                listener.site_names = names;
+            }
+            Ok(listener)
         })
     }
 

@@ -508,7 +508,7 @@ fn passthrough_entries_are_checked_and_named_in_errors() {
     let c = parse(&ok).unwrap();
     let routes = &c.listeners[0].passthrough;
     assert_eq!(
-        routes.route("x.old.example.com"),
+        routes.route("x.old.example.com").copied(),
         Some("127.0.0.1:9443".parse().unwrap())
     );
     let bad = format!(

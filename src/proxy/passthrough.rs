@@ -83,7 +83,7 @@ pub(crate) async fn hello(mut tcp: TcpStream, peer: SocketAddr, ctx: &ListenerCt
     let upstream = accepted
         .client_hello()
         .server_name()
-        .and_then(|name| ctx.passthrough.route(name));
+        .and_then(|name| ctx.passthrough.route(name).copied());
     let Some(upstream) = upstream else {
         return match accepted.into_connection(ctx.tls.clone()) {
             Ok(conn) => Hello::Terminate(tcp, Box::new(conn)),
