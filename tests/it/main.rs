@@ -19,5 +19,6 @@ mod support;
 mod tcp;
 mod tickets;
 mod tools;
+mod upgrade;
 mod upstream_tls;
 mod websocket;
