@@ -233,15 +233,6 @@ fn run(config: Option<PathBuf>, upgrade: bool) -> ExitCode {
         },
         None => None,
     };
-    // A plain start owns the control path at once; an upgrade only once the old process has
-    // stopped accepting (until then `--upgrade` must still reach the old one).
-    let mut published = None;
-    if let (Some(control), None) = (&control, &takeover) {
-        match control.publish() {
-            Ok(p) => published = Some(p),
-            Err(e) => return fail(e),
-        }
-    }
     let notify = Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!("NOTIFY_SOCKET is set but unusable ({e}); not notifying systemd");
         Notifier::disabled()
@@ -289,6 +280,7 @@ fn run(config: Option<PathBuf>, upgrade: bool) -> ExitCode {
         tracing::warn!("cannot start the reload_interval watcher: {e}");
     }
     state.readiness.set_serving();
+    let upgraded = takeover.is_some();
     if let Some(takeover) = takeover {
         // From here on this process serves, whatever the old one answers.
         match takeover.serving() {
@@ -297,16 +289,19 @@ fn run(config: Option<PathBuf>, upgrade: bool) -> ExitCode {
             ),
             Err(e) => tracing::warn!("upgrade: the old process did not confirm ({e}); serving"),
         }
-        if let Some(control) = &control {
-            match control.publish() {
-                Ok(p) => published = Some(p),
-                Err(e) => tracing::warn!("{e}; `--upgrade` cannot reach this process"),
-            }
-        }
-        let _ = notify.ready_as_main(std::process::id());
-    } else {
-        let _ = notify.ready();
     }
+    // The control path is this process's once it serves (after an upgrade: once the old one
+    // has stopped accepting; until then `--upgrade` must still reach the old one).
+    let published = control.as_ref().and_then(|c| {
+        c.publish()
+            .inspect_err(|e| tracing::warn!("{e}; `--upgrade` cannot reach this process"))
+            .ok()
+    });
+    let _ = if upgraded {
+        notify.ready_as_main(std::process::id())
+    } else {
+        notify.ready()
+    };
     if let Some(control) = control {
         let asks = events.clone();
         let offer = move || {

@@ -367,6 +367,12 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     wait_for("the old process noticed", 10, || {
         !old.stderr.lines_with("keeps serving").is_empty()
     });
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("control.sock."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     old.assert_running();
     assert_eq!(http_get(admin, "/readyz").unwrap().status, 200);
 

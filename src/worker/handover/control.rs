@@ -199,6 +199,14 @@ impl ControlSocket {
     }
 }
 
+impl Drop for ControlSocket {
+    /// A process that fails to start leaves no temporary socket file behind. (Once published,
+    /// the temporary name no longer exists.)
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
 /// One connection to the running side: `Ok(Some(pid))` once process `pid` serves.
 fn serve_one(
     conn: &Socket,
