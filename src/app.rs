@@ -15,6 +15,7 @@ use crate::identity::Forwarding;
 use crate::ops::metrics::Metrics;
 use crate::tls::tickets::{TicketKeyError, TicketKeys};
 use crate::tls::{self, TlsError};
+use crate::worker::handover::Inherited;
 use crate::worker::{self, ListenerPlan, Server, Settings, WorkerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -208,9 +209,21 @@ impl Running {
         prepared: Prepared,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartupError> {
+        Running::start_inheriting(path, prepared, metrics, &mut Inherited::default())
+    }
+
+    /// [`Running::start`] on the sockets in `inherited` for the listeners they match (see
+    /// [`worker::start_inheriting`]); what no listener claims is left there.
+    pub fn start_inheriting(
+        path: PathBuf,
+        prepared: Prepared,
+        metrics: Arc<Metrics>,
+        inherited: &mut Inherited,
+    ) -> Result<Self, StartupError> {
         let config = prepared.config.clone();
         let plans = prepared.plans.clone();
-        let server = start_counting(prepared, metrics)?;
+        let server =
+            worker::start_inheriting(&prepared.config, prepared.plans, metrics, inherited)?;
         Ok(Running {
             server,
             path,
@@ -244,6 +257,7 @@ impl Running {
             config.server.pin_workers = self.config.server.pin_workers;
             config.admin = self.config.admin;
             config.log.format = self.config.log.format;
+            config.server.control_socket = self.config.server.control_socket.clone();
         }
         let prepared = prepare_after(config, &self.plans)?;
         self.server
@@ -256,5 +270,10 @@ impl Running {
     /// Stops accepting and drains (see [`Server::shutdown`]).
     pub fn shutdown(self) {
         self.server.shutdown();
+    }
+
+    /// Stops accepting and drains after a handover (see [`Server::retire`]).
+    pub fn retire(self) {
+        self.server.retire();
     }
 }

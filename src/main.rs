@@ -13,6 +13,8 @@ use certgate::ops::admin::{self, AdminState, Readiness};
 use certgate::ops::metrics::Metrics;
 use certgate::ops::notify::Notifier;
 use certgate::ops::watch::{self, WatchSet};
+use certgate::worker::handover::control::{self, ControlSocket, Handover, Offer};
+use certgate::worker::handover::{activation, Role};
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
@@ -33,6 +35,10 @@ struct Cli {
     /// Configuration file (TOML) to run.
     #[arg(long, short, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// Replace the certgate running this config: take over its listening sockets through the
+    /// config's `[server] control_socket`, start serving, then let it drain and exit.
+    #[arg(long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,6 +87,11 @@ enum TicketsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.upgrade && cli.command.is_some() {
+        return fail(
+            "--upgrade applies to running a config only: certgate --config FILE --upgrade",
+        );
+    }
     match cli.command {
         Some(Command::Check) => {
             init_logging(LogFormat::Text);
@@ -92,7 +103,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Tickets { action }) => tickets(action),
         // `run` logs in the format its config asks for, so it starts logging once loaded.
-        None => run(cli.config),
+        None => run(cli.config, cli.upgrade),
     }
 }
 
@@ -171,7 +182,10 @@ fn tickets(action: TicketsCommand) -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
+fn run(config: Option<PathBuf>, upgrade: bool) -> ExitCode {
+    // systemd's sockets first, while the process has one thread: reading them removes the
+    // LISTEN_* variables, which is only safe before any other thread starts.
+    let activated = activation::from_env();
     // Installed before anything starts, so a signal during startup is not lost.
     let (events, signals) = Signals::install();
     let (path, prepared) = match load(config) {
@@ -182,6 +196,43 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     for line in &prepared.summaries {
         tracing::info!("{line}");
     }
+    let mut inherited = match activated {
+        Ok(inherited) => inherited,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = inherited.check_activated(&prepared.config) {
+        return fail(e);
+    }
+    // With --upgrade, the running process's sockets next: nothing is bound or started yet, so
+    // if this process fails from here on, the old one just keeps serving.
+    let takeover = if upgrade {
+        let Some(socket) = prepared.config.server.control_socket.as_deref() else {
+            return fail(
+                "--upgrade: the config has no [server] control_socket, through which the \
+                 running certgate would hand over its sockets",
+            );
+        };
+        match control::take_over(socket) {
+            Ok((takeover, sockets)) => {
+                tracing::info!(
+                    "upgrade: received the listening sockets of process {}",
+                    takeover.old_pid
+                );
+                inherited.extend(sockets);
+                Some(takeover)
+            }
+            Err(e) => return fail(format_args!("upgrade: {e}")),
+        }
+    } else {
+        None
+    };
+    let control = match &prepared.config.server.control_socket {
+        Some(socket) => match ControlSocket::bind(socket, takeover.is_none()) {
+            Ok(control) => Some(control),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
     let notify = Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!("NOTIFY_SOCKET is set but unusable ({e}); not notifying systemd");
         Notifier::disabled()
@@ -194,10 +245,19 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     });
     // The admin port is bound before the workers start: a bad address is a startup error too.
     let admin = match &prepared.config.admin {
-        Some(admin) => match admin::bind(admin.bind).and_then(|l| admin::spawn(l, state.clone())) {
-            Ok(server) => Some(server),
-            Err(e) => return fail(format_args!("admin.bind {}: {e}", admin.bind)),
-        },
+        Some(admin) => {
+            let socket = match inherited.take(Role::Admin, admin.bind) {
+                Some(sockets) => sockets
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("no admin socket came with the handover")),
+                None => admin::bind(admin.bind),
+            };
+            match socket.and_then(|l| admin::spawn(l, state.clone())) {
+                Ok(server) => Some(server),
+                Err(e) => return fail(format_args!("admin.bind {}: {e}", admin.bind)),
+            }
+        }
         None => None,
     };
     let watch = Arc::new(Mutex::new(watch_set(
@@ -205,16 +265,62 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         prepared.config.server.reload_interval,
         &prepared.config,
     )));
-    let mut running = match Running::start(path, prepared, metrics.clone()) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
+    let mut running =
+        match Running::start_inheriting(path, prepared, metrics.clone(), &mut inherited) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+    // Sockets of listeners the new config no longer has: they close (as in a reload that
+    // removes a listener) once the old process has drained too.
+    for line in inherited.describe() {
+        tracing::info!("upgrade: no listener of this config uses the {line}; closing it");
+    }
+    drop(inherited);
     if let Err(e) = watch::spawn(watch.clone(), events.clone(), Event::Reload) {
         tracing::warn!("cannot start the reload_interval watcher: {e}");
     }
     state.readiness.set_serving();
-    let _ = notify.ready();
+    let upgraded = takeover.is_some();
+    if let Some(takeover) = takeover {
+        // From here on this process serves, whatever the old one answers.
+        match takeover.serving() {
+            Ok(old) => tracing::info!(
+                "upgrade: process {old} stopped accepting and drains; this process is in charge"
+            ),
+            Err(e) => tracing::warn!("upgrade: the old process did not confirm ({e}); serving"),
+        }
+    }
+    // The control path is this process's once it serves (after an upgrade: once the old one
+    // has stopped accepting; until then `--upgrade` must still reach the old one).
+    let published = control.as_ref().and_then(|c| {
+        c.publish()
+            .inspect_err(|e| tracing::warn!("{e}; `--upgrade` cannot reach this process"))
+            .ok()
+    });
+    let _ = if upgraded {
+        notify.ready_as_main(std::process::id())
+    } else {
+        notify.ready()
+    };
+    if let Some(control) = control {
+        let asks = events.clone();
+        let offer = move || {
+            let (reply, answer) = mpsc::channel();
+            asks.send(Event::Offer(reply)).ok()?;
+            answer.recv().ok().flatten()
+        };
+        let tells = events.clone();
+        let handed = move |h: Handover| {
+            let _ = tells.send(Event::HandedOver(Arc::new(h)));
+        };
+        if let Err(e) = control.spawn(offer, handed) {
+            tracing::warn!(
+                "cannot serve the control socket ({e}); `--upgrade` cannot reach this process"
+            );
+        }
+    }
 
+    let mut handed = None;
     while let Ok(event) = signals.recv() {
         match event {
             Event::Reload => {
@@ -240,18 +346,67 @@ fn run(config: Option<PathBuf>) -> ExitCode {
                 }
                 let _ = notify.ready();
             }
+            Event::Offer(reply) => {
+                let _ = reply.send(offer(&running, admin.as_ref()));
+            }
+            Event::HandedOver(handover) => {
+                handed = Some(handover);
+                break;
+            }
             Event::Stop => break,
         }
+    }
+    if let Some(handover) = handed {
+        // Another process serves the same sockets now and is the one systemd and the probes
+        // talk to: stop answering on the admin socket, and send systemd nothing more.
+        if let Some(admin) = admin {
+            admin.stop();
+        }
+        handover.confirm();
+        state.readiness.set_draining();
+        tracing::info!(
+            "handed over to process {}: draining in-flight requests",
+            handover.pid
+        );
+        running.retire();
+        tracing::info!("drained; exiting");
+        return ExitCode::SUCCESS;
     }
     // Not ready first, so load balancers stop sending before the listeners close.
     state.readiness.set_draining();
     let _ = notify.stopping();
+    if let Some(published) = published {
+        published.remove();
+    }
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown();
     if let Some(admin) = admin {
         admin.stop();
     }
     ExitCode::SUCCESS
+}
+
+/// What a handover gives the new process: this process's own descriptors for every listening
+/// socket (listeners and admin), by configured address. `None` (nothing is handed over) when
+/// they cannot be duplicated.
+fn offer(running: &Running, admin: Option<&admin::AdminServer>) -> Option<Offer> {
+    let shared = || -> std::io::Result<Offer> {
+        let mut offer: Offer = running
+            .server
+            .listening()?
+            .into_iter()
+            .map(|(addr, sockets)| (Role::Listener, addr, sockets))
+            .collect();
+        if let (Some(server), Some(config)) = (admin, running.config().admin) {
+            if config.bind.port() != 0 {
+                offer.push((Role::Admin, config.bind, vec![server.socket()?]));
+            }
+        }
+        Ok(offer)
+    };
+    shared()
+        .inspect_err(|e| tracing::warn!("upgrade: cannot share the listening sockets: {e}"))
+        .ok()
 }
 
 /// The files `reload_interval` watches: the config and everything it names.
@@ -290,12 +445,16 @@ fn demo(_bind: std::net::SocketAddr) -> ExitCode {
 }
 
 /// What the main thread waits for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 enum Event {
     /// SIGHUP (`systemctl reload`, `kill -HUP`) or a change seen by the watcher.
     Reload,
     /// SIGTERM or SIGINT: drain and exit.
     Stop,
+    /// The control socket's thread asks for the listening sockets, for a new process.
+    Offer(Sender<Option<Offer>>),
+    /// A new process serves on the handed-over sockets: stop accepting, drain and exit.
+    HandedOver(Arc<Handover>),
 }
 
 /// SIGTERM, SIGINT and SIGHUP, caught from the start and turned into [`Event`]s.

@@ -37,6 +37,7 @@ struct FileServer {
     cert_cache_ttl: Option<toml::Value>,
     reload_interval: Option<toml::Value>,
     ticket_keys: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -193,8 +194,37 @@ impl FileServer {
                 Some(path) => Some(base_dir.join(path)),
                 None => None,
             },
+            control_socket: match self.control_socket {
+                Some(path) => Some(control_socket(base_dir, path)?),
+                None => None,
+            },
         })
     }
+}
+
+/// `server.control_socket`: a path that fits a Unix socket address together with the
+/// temporary suffix a process binds it under first (see `worker::handover::control`).
+fn control_socket(base_dir: &Path, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    let key = "server.control_socket";
+    if path.as_os_str().is_empty() || path.file_name().is_none() {
+        return Err(ConfigError::invalid(
+            key,
+            "must name a socket file, e.g. \"/run/certgate/control.sock\"",
+        ));
+    }
+    let path = base_dir.join(path);
+    let len = path.as_os_str().len();
+    if len > MAX_CONTROL_SOCKET_PATH {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{} is {len} bytes long; a Unix socket path here must be at most \
+                 {MAX_CONTROL_SOCKET_PATH}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path)
 }
 
 impl FileAdmin {

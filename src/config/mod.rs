@@ -22,6 +22,9 @@ pub const MAX_HEADERS_CEILING: usize = 128;
 pub const MIN_REQUEST_HEADER_BYTES: usize = 1024;
 /// More worker threads than this is a typo, not a machine.
 pub const MAX_WORKERS: usize = 1024;
+/// Longest `server.control_socket` path: a Unix socket address holds 107 bytes, and the socket
+/// is first bound under the path plus `.PID.new` (up to 12 more).
+pub const MAX_CONTROL_SOCKET_PATH: usize = 95;
 
 /// Whether a listener asks the client for a certificate (Azure Container Apps' `clientCertificateMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -110,6 +113,9 @@ pub struct Server {
     /// Session-ticket key file shared by replicas (see [`crate::tls::tickets`]); resolved
     /// against the config file's directory. `None`: a random key per listener and process.
     pub ticket_keys: Option<PathBuf>,
+    /// The Unix socket on which `certgate --upgrade` takes over this process's listening
+    /// sockets (mode 0600); resolved against the config file's directory. `None`: no upgrades.
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Default for Server {
@@ -121,6 +127,7 @@ impl Default for Server {
             cert_cache_ttl: Duration::from_secs(300),
             reload_interval: Duration::ZERO,
             ticket_keys: None,
+            control_socket: None,
         }
     }
 }
@@ -252,7 +259,31 @@ impl Config {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        Config::from_toml(&text, base_dir).map_err(|e| e.with_path(path))
+        let config = Config::from_toml(&text, base_dir).map_err(|e| e.with_path(path))?;
+        config.check_paths().map_err(|e| e.with_path(path))?;
+        Ok(config)
+    }
+
+    /// What the file system must already have for this config: the directory the control
+    /// socket is created in. (Certificate and key files are checked when they are read.)
+    fn check_paths(&self) -> Result<(), ConfigError> {
+        if let Some(socket) = &self.server.control_socket {
+            let dir = match socket.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(ConfigError::invalid(
+                    "server.control_socket",
+                    format!(
+                        "directory {} does not exist (create it, e.g. RuntimeDirectory=certgate \
+                         under systemd)",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parses and validates TOML text; `base_dir` anchors relative `cert`/`key`/`client_ca` paths.
@@ -290,7 +321,8 @@ impl Config {
     /// The keys that differ between `self` (running) and `next` (just loaded) but only take
     /// effect at a restart, as dotted names; a reload keeps their old values and warns once.
     /// Threads, their pinning and the stderr subscriber are set up once at startup; the admin
-    /// socket is bound once so that health checks never see it disappear during a reload.
+    /// socket is bound once so that health checks never see it disappear during a reload; the
+    /// control socket is bound once (`--upgrade` replaces the process: the way to move it).
     pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
         if self.server.workers != next.server.workers {
@@ -304,6 +336,9 @@ impl Config {
         }
         if self.log.format != next.log.format {
             keys.push("log.format");
+        }
+        if self.server.control_socket != next.server.control_socket {
+            keys.push("server.control_socket");
         }
         keys
     }

@@ -28,6 +28,7 @@ cert_cache_size = 16
 cert_cache_ttl = "90s"
 reload_interval = "30s"
 ticket_keys = "keys/tickets.key"
+control_socket = "/run/certgate/control.sock"
 
 [timeouts]
 handshake = "3s"
@@ -80,6 +81,7 @@ fn full_file_parses_with_every_value() {
             cert_cache_ttl: Duration::from_secs(90),
             reload_interval: Duration::from_secs(30),
             ticket_keys: Some(PathBuf::from("/etc/certgate/keys/tickets.key")),
+            control_socket: Some(PathBuf::from("/run/certgate/control.sock")),
         }
     );
     assert_eq!(
@@ -630,4 +632,61 @@ fn proxy_protocol_errors_name_the_key() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn control_socket_is_resolved_checked_for_length_and_restart_only() {
+    let c = parse(&format!(
+        "[server]\ncontrol_socket = \"run/control.sock\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.server.control_socket.as_deref(),
+        Some(Path::new("/etc/certgate/run/control.sock"))
+    );
+    assert_eq!(parse(MINIMAL).unwrap().server.control_socket, None);
+    assert_eq!(
+        parse(MINIMAL).unwrap().restart_only_changes(&c),
+        ["server.control_socket"]
+    );
+    for bad in ["", "/"] {
+        let e = err(&format!("[server]\ncontrol_socket = \"{bad}\"\n{MINIMAL}"));
+        assert!(
+            e.contains("server.control_socket") && e.contains("socket file"),
+            "{e}"
+        );
+    }
+    let long = format!("/run/{}", "x".repeat(MAX_CONTROL_SOCKET_PATH));
+    let e = err(&format!("[server]\ncontrol_socket = \"{long}\"\n{MINIMAL}"));
+    assert!(
+        e.contains("server.control_socket") && e.contains("at most 95"),
+        "{e}"
+    );
+}
+
+#[test]
+fn load_checks_that_the_control_socket_directory_exists() {
+    let dir = std::env::temp_dir().join(format!("certgate-config-cs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("certgate.toml");
+    std::fs::write(
+        &file,
+        format!("[server]\ncontrol_socket = \"missing/control.sock\"\n{MINIMAL}"),
+    )
+    .unwrap();
+    let e = Config::load(&file).unwrap_err().to_string();
+    assert!(
+        e.contains("server.control_socket")
+            && e.contains("missing")
+            && e.contains("does not exist")
+            && e.contains("certgate.toml"),
+        "{e}"
+    );
+    std::fs::write(
+        &file,
+        format!("[server]\ncontrol_socket = \"control.sock\"\n{MINIMAL}"),
+    )
+    .unwrap();
+    assert!(Config::load(&file).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

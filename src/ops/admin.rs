@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 
@@ -91,10 +91,13 @@ pub struct AdminState {
     pub readiness: Readiness,
 }
 
+/// How often the accept thread looks at the stop flag while no connection arrives.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
 /// A running admin listener.
 pub struct AdminServer {
     addr: SocketAddr,
-    /// A second handle on the listening socket, to wake the blocked `accept` at stop.
+    /// A second handle on the listening socket, to hand it over (`certgate --upgrade`).
     socket: TcpListener,
     stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
@@ -105,15 +108,16 @@ impl AdminServer {
         self.addr
     }
 
-    /// Stops accepting and waits for the accept thread. Connections being answered finish on
-    /// their own (their timeouts bound them).
+    /// This process's own descriptor for the listening socket (for a handover).
+    pub fn socket(&self) -> io::Result<TcpListener> {
+        self.socket.try_clone()
+    }
+
+    /// Stops accepting and waits for the accept thread (at most [`STOP_POLL`]). Connections
+    /// being answered finish on their own (their timeouts bound them). The socket itself is
+    /// never shut down: after a handover the new process accepts on it.
     pub fn stop(self) {
         self.stopping.store(true, Ordering::Release);
-        // On Linux, shutting down a listening socket wakes a blocked accept() with EINVAL.
-        if let Err(e) = socket2::SockRef::from(&self.socket).shutdown(Shutdown::Read) {
-            warn!("admin listener: cannot stop accepting ({e})");
-            return; // Joining would hang on the blocked accept.
-        }
         let _ = self.thread.join();
     }
 }
@@ -126,7 +130,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Serves the admin endpoints on `listener` from a new thread until [`AdminServer::stop`].
 pub fn spawn(listener: TcpListener, state: Arc<AdminState>) -> io::Result<AdminServer> {
-    listener.set_nonblocking(false)?;
+    // Non-blocking: the accept thread waits in poll() with a timeout and sees the stop flag.
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let socket = listener.try_clone()?;
     let stopping = Arc::new(AtomicBool::new(false));
@@ -154,12 +159,20 @@ impl Drop for Slot {
 fn accept_loop(listener: TcpListener, state: Arc<AdminState>, stopping: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
     loop {
-        let accepted = listener.accept();
         if stopping.load(Ordering::Acquire) {
             return;
         }
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        if !readable(&listener, STOP_POLL) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            // A blocking connection: the per-connection timeouts rely on it.
+            Ok((stream, _)) => match stream.set_nonblocking(false) {
+                Ok(()) => stream,
+                Err(_) => continue,
+            },
+            // Another process (or worker) took it first.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the next accept may work.
                 debug!("admin listener: accept failed: {e}");
@@ -185,6 +198,19 @@ fn accept_loop(listener: TcpListener, state: Arc<AdminState>, stopping: Arc<Atom
             debug!("admin listener: cannot start a connection thread: {e}");
         }
     }
+}
+
+/// Waits up to `timeout` for a connection to accept; false on timeout or interruption.
+fn readable(listener: &TcpListener, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut fd, 1, ms) > 0 }
 }
 
 /// A response: status, content type, body.

@@ -6,6 +6,11 @@
 //! `RELOADING=1` with `MONOTONIC_USEC` (the time the reload began, so systemd can tell this
 //! reload from an older one) and `READY=1` when it is done, failed or not; `STOPPING=1` when
 //! draining begins. `STATUS=` is a free-form line that `systemctl status` shows.
+//!
+//! After `certgate --upgrade`, the new process is not the one systemd started: it says
+//! `MAINPID=` with its own pid together with its `READY=1` (the unit needs
+//! `NotifyAccess=all` to accept it), and the old one, no longer the main process, sends
+//! nothing more (a `STOPPING=1` from it would stop the unit).
 
 use std::io;
 use std::os::linux::net::SocketAddrExt;
@@ -73,6 +78,11 @@ impl Notifier {
         self.send("READY=1")
     }
 
+    /// Every listener serves, in process `pid`, which is now the service's main process.
+    pub fn ready_as_main(&self, pid: u32) -> io::Result<()> {
+        self.send(&main_ready_message(pid))
+    }
+
     /// A reload begins now.
     pub fn reloading(&self) -> io::Result<()> {
         self.send(&reloading_message(monotonic_usec()?))
@@ -93,6 +103,11 @@ impl Notifier {
 /// `RELOADING=1` with the reload's start on CLOCK_MONOTONIC, as `Type=notify-reload` requires.
 pub fn reloading_message(monotonic_usec: u64) -> String {
     format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
+}
+
+/// `MAINPID=` and `READY=1` in one message, so systemd never sees one without the other.
+pub fn main_ready_message(pid: u32) -> String {
+    format!("MAINPID={pid}\nREADY=1")
 }
 
 pub fn status_message(status: &str) -> String {
@@ -193,5 +208,6 @@ mod tests {
     fn messages_are_formatted_as_systemd_expects() {
         assert_eq!(reloading_message(42), "RELOADING=1\nMONOTONIC_USEC=42");
         assert_eq!(status_message("a\r\nb"), "STATUS=a  b");
+        assert_eq!(main_ready_message(4242), "MAINPID=4242\nREADY=1");
     }
 }

@@ -337,21 +337,25 @@ impl Session {
 
     /// Waits, holding no buffers, until the client sends more or the connection should end
     /// (keep-alive timeout, shutdown). Waiting for readiness takes no bytes from the kernel,
-    /// so ending this wait early loses nothing.
+    /// so ending this wait early loses nothing. A patient shutdown (after a handover) keeps
+    /// waiting: the next request is answered, with `Connection: close`.
     async fn wait_idle(&mut self) -> bool {
-        if self.ctx.shutdown.is_set() {
+        let shutdown = &self.ctx.shutdown;
+        if shutdown.is_set() && !shutdown.is_patient() {
             return false;
         }
         self.client.compact();
         self.client.inbuf.release_if_empty();
         self.client.tls.release_buffers();
         let tls = &self.client.tls;
-        let shutdown = &self.ctx.shutdown;
         let idle = monoio::time::timeout(self.ctx.timeouts.keep_alive, async {
-            monoio::select! {
-                r = tls.readable() => r.is_ok(),
-                _ = shutdown.wait() => false,
+            if !shutdown.is_set() {
+                monoio::select! {
+                    r = tls.readable() => return r.is_ok(),
+                    _ = shutdown.wait() => {},
+                }
             }
+            shutdown.is_patient() && tls.readable().await.is_ok()
         })
         .await;
         matches!(idle, Ok(true))

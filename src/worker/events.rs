@@ -12,6 +12,8 @@ use std::task::{Context, Poll, Waker};
 #[derive(Default)]
 pub struct Shutdown {
     set: Cell<bool>,
+    /// Set by [`Shutdown::trigger_patiently`].
+    patient: Cell<bool>,
     waiters: RefCell<Slab>,
 }
 
@@ -24,6 +26,19 @@ struct Slab {
 impl Shutdown {
     pub fn is_set(&self) -> bool {
         self.set.get()
+    }
+
+    /// Whether idle connections may wait for their next request (see `trigger_patiently`).
+    pub fn is_patient(&self) -> bool {
+        self.patient.get()
+    }
+
+    /// Sets the flag after a handover: another process accepts on the same sockets, so an
+    /// idle keep-alive connection is not closed under its client (who may be sending its next
+    /// request at that moment) but serves one more request, answered with `Connection: close`.
+    pub fn trigger_patiently(&self) {
+        self.patient.set(true);
+        self.trigger();
     }
 
     pub fn trigger(&self) {

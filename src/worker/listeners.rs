@@ -5,11 +5,18 @@
 //! upstream, timeouts and limits; established ones keep the `Rc` they took at accept), starts
 //! loops for new or moved listeners on the sockets the main thread bound for them, and stops
 //! the loops of removed ones. An upstream pool survives a reload that keeps its address.
+//!
+//! A listener has one accept loop per socket the worker was given for it (usually one; more
+//! when a handover brought more sockets than there are workers). Stopping a loop cancels its
+//! pending accept and waits for the cancellation: an accept the kernel completed meanwhile
+//! still yields its connection, which is served, instead of a descriptor nobody reads (under
+//! io_uring, dropping the accept would lose that connection).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use tracing::warn;
 
@@ -120,27 +127,20 @@ impl Listeners {
                 });
             let name = plan.name.clone();
             let ctx = self.context(plan, index, &metrics, pool, &settings);
-            match (opened, old) {
-                (Some(socket), old) => {
+            match (opened.is_empty(), old) {
+                (false, old) => {
                     if let Some(old) = old {
                         old.closed.trigger();
                     }
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => next.push(self.spawn(name, listener, ctx)),
-                        Err(e) => warn!(
-                            worker = self.worker,
-                            listener = %name,
-                            "cannot register listening socket: {e}"
-                        ),
-                    }
+                    next.push(self.spawn(name, opened, ctx));
                 }
-                (None, Some(kept)) => {
+                (true, Some(kept)) => {
                     *kept.ctx.borrow_mut() = ctx;
                     next.push(kept);
                 }
                 // Not reached: the main thread opens a socket for every listener this worker
                 // does not have yet.
-                (None, None) => warn!(
+                (true, None) => warn!(
                     worker = self.worker,
                     listener = %name,
                     "listener has no socket on this worker"
@@ -185,18 +185,35 @@ impl Listeners {
         })
     }
 
-    fn spawn(&self, name: String, listener: TcpListener, ctx: Rc<ListenerCtx>) -> Active {
+    /// An accept loop on each of `sockets`, all handing out the same context.
+    fn spawn(
+        &self,
+        name: String,
+        sockets: Vec<std::net::TcpListener>,
+        ctx: Rc<ListenerCtx>,
+    ) -> Active {
         let active = Active {
             name,
             ctx: Rc::new(RefCell::new(ctx)),
             closed: Rc::new(Shutdown::default()),
         };
-        monoio::spawn(accept_loop(
-            listener,
-            active.ctx.clone(),
-            active.closed.clone(),
-            self.gauge.clone(),
-        ));
+        for socket in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    monoio::spawn(accept_loop(
+                        listener,
+                        active.ctx.clone(),
+                        active.closed.clone(),
+                        self.gauge.clone(),
+                    ));
+                }
+                Err(e) => warn!(
+                    worker = self.worker,
+                    listener = %active.name,
+                    "cannot register listening socket: {e}"
+                ),
+            }
+        }
         active
     }
 
@@ -222,6 +239,7 @@ async fn accept_loop(
     gauge: Rc<ConnGauge>,
 ) {
     let mut backoff_logged = false;
+    let mut canceller = Canceller::new();
     loop {
         let ctx = current.borrow().clone();
         let shutdown = &ctx.shutdown;
@@ -235,10 +253,30 @@ async fn accept_loop(
         if shutdown.is_set() || closed.is_set() {
             return;
         }
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait() => return,
-            _ = closed.wait() => return,
+        let accepted = {
+            let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
+            let stopped = async {
+                monoio::select! {
+                    _ = shutdown.wait() => {},
+                    _ = closed.wait() => {},
+                }
+            };
+            let finished = monoio::select! {
+                r = &mut accept => Some(r),
+                _ = stopped => None,
+            };
+            match finished {
+                Some(r) => r,
+                None => {
+                    // Stopping: cancel, and take a connection the kernel accepted meanwhile.
+                    // The next turn of the loop serves it (if any) and returns.
+                    canceller = std::mem::take(&mut canceller).cancel();
+                    match accept.await {
+                        Ok(conn) => Ok(conn),
+                        Err(_) => return,
+                    }
+                }
+            }
         };
         match accepted {
             Ok((tcp, peer)) => {

@@ -3,19 +3,23 @@
 //!
 //! Sockets are bound on the calling thread before any worker starts (and before a reload
 //! changes anything), so a bad address fails with a clear error, and port 0 resolves to one
-//! port shared by all workers.
+//! port shared by all workers. The calling thread keeps them (each worker accepts on its own
+//! descriptor for its socket), so they can be handed to a process that replaces this one; a
+//! listener may also start on sockets received that way or from systemd (see `handover`).
 //!
 //! Reload is one arrow: the main thread sends every worker a new [`Generation`] over its
 //! control channel; the worker swaps its listener table (see `listeners`) and new connections
 //! take the new settings, while established ones keep the `ListenerCtx` they started with.
 
 mod events;
+pub mod handover;
 mod listeners;
 
 pub use events::{Shutdown, ShutdownWait};
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::net::TcpListener as StdTcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -102,9 +106,10 @@ impl Settings {
 /// One configuration generation as one worker receives it.
 pub(crate) struct Generation {
     plans: Vec<ListenerPlan>,
-    /// Index-aligned with `plans`: a socket of this worker's own for each listener that is new
-    /// or moved; `None` keeps the worker's current socket for that listener.
-    opened: Vec<Option<std::net::TcpListener>>,
+    /// Index-aligned with `plans`: this worker's own descriptors for the sockets of each
+    /// listener that is new or moved (an accept loop each); empty keeps the worker's current
+    /// accept loops for that listener.
+    opened: Vec<Vec<StdTcpListener>>,
     settings: Settings,
     /// This worker's counters for this generation's listeners (index-aligned with `plans`).
     metrics: WorkerMetrics,
@@ -112,6 +117,8 @@ pub(crate) struct Generation {
 
 enum Command {
     Reload(Box<Generation>, mpsc::Sender<()>),
+    /// Stop accepting and drain patiently: another process serves the same sockets now.
+    Retire,
 }
 
 /// The main thread's handle on one worker: commands go through the channel, and a byte on
@@ -127,11 +134,21 @@ struct Bound {
     name: String,
     configured: SocketAddr,
     actual: SocketAddr,
+    /// Its listening sockets (one per worker when bound here; as received when inherited).
+    /// Workers accept on descriptors of their own for these.
+    sockets: Sockets,
 }
+
+/// One listener's listening sockets, shared by the generations that keep the listener.
+type Sockets = Arc<Vec<StdTcpListener>>;
 
 /// A running server: its bound addresses, and the means to reload and stop it.
 pub struct Server {
     bound: Vec<Bound>,
+    /// Sockets systemd passed, by address, for the process's life: a reload that moves a
+    /// listener back onto one (or renames its listener) finds it here, since binding the
+    /// address again would fail while systemd holds it.
+    activated: Vec<(SocketAddr, Sockets)>,
     addrs: Vec<SocketAddr>,
     controls: Vec<Control>,
     threads: Vec<JoinHandle<CacheStats>>,
@@ -180,7 +197,14 @@ impl Server {
         plans: Vec<ListenerPlan>,
     ) -> Result<(), WorkerError> {
         let workers = self.controls.len();
-        let (opened, bound) = open(&plans, &self.bound, workers)?;
+        let activated = &self.activated;
+        let mut spare = |addr: SocketAddr| {
+            activated
+                .iter()
+                .find(|(a, _)| *a == addr && addr.port() != 0)
+                .map(|(_, s)| s.clone())
+        };
+        let (opened, bound) = open(&plans, &self.bound, &mut spare, workers)?;
         let counters = counters(&self.metrics, &plans, workers);
         let (done, acks) = mpsc::channel();
         for ((control, opened), metrics) in self.controls.iter_mut().zip(opened).zip(counters) {
@@ -209,10 +233,43 @@ impl Server {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), then returns
-    /// each worker's verified-chain cache counts.
+    /// each worker's verified-chain cache counts. Idle keep-alive connections close at once.
     pub fn shutdown(mut self) -> Vec<CacheStats> {
+        // Our descriptors first, so that the sockets close (refusing new connections) as soon
+        // as the workers' accept loops end.
+        self.bound.clear();
+        self.activated.clear();
         self.controls.clear(); // Closing our ends wakes every worker with EOF.
         self.join()
+    }
+
+    /// After a handover: stops accepting and drains like [`Server::shutdown`], except that an
+    /// idle keep-alive connection is not closed under its client's feet but waits for its next
+    /// request, which is answered with `Connection: close` (or for its keep-alive timeout, or
+    /// the end of `shutdown_grace`). The sockets stay open: the new process accepts on them.
+    pub fn retire(mut self) -> Vec<CacheStats> {
+        for control in &mut self.controls {
+            let _ = control.commands.send(Command::Retire);
+            let _ = control.wake.write_all(b"r");
+        }
+        self.bound.clear();
+        self.activated.clear();
+        self.controls.clear();
+        self.join()
+    }
+
+    /// For a handover: this process's own descriptors for every listener's sockets, by
+    /// configured address. Listeners on port 0 are left out (the address names no port).
+    pub fn listening(&self) -> std::io::Result<Vec<(SocketAddr, Vec<StdTcpListener>)>> {
+        self.bound
+            .iter()
+            .filter(|b| b.configured.port() != 0)
+            .map(|b| {
+                let dups: std::io::Result<Vec<_>> =
+                    b.sockets.iter().map(StdTcpListener::try_clone).collect();
+                dups.map(|d| (b.configured, d))
+            })
+            .collect()
     }
 
     /// Blocks until every worker has exited.
@@ -235,15 +292,18 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Per worker, index-aligned with a generation's plans: a new socket, or `None` to keep one.
-type Opened = Vec<Vec<Option<std::net::TcpListener>>>;
+/// Per worker, index-aligned with a generation's plans: descriptors for new accept loops, or
+/// none to keep the current ones.
+type Opened = Vec<Vec<Vec<StdTcpListener>>>;
 
-/// The sockets a generation needs, per worker and index-aligned with `plans`: a new socket for
-/// each listener that `kept` does not already serve under the same name and configured
-/// address, `None` where the workers keep theirs. Binds everything before anything changes.
+/// The sockets a generation needs, per worker and index-aligned with `plans`. A listener that
+/// `kept` already serves under the same name and configured address keeps its accept loops;
+/// any other takes the `spare` sockets for its configured address (inherited ones) or binds
+/// new ones. Binds everything before anything changes.
 fn open(
     plans: &[ListenerPlan],
     kept: &[Bound],
+    spare: &mut dyn FnMut(SocketAddr) -> Option<Sockets>,
     workers: usize,
 ) -> Result<(Opened, Vec<Bound>), WorkerError> {
     let mut opened: Opened = (0..workers).map(|_| Vec::new()).collect();
@@ -252,23 +312,36 @@ fn open(
         let same = kept
             .iter()
             .find(|b| b.name == plan.name && b.configured == plan.bind);
-        let actual = match same {
+        let (actual, sockets) = match same {
             Some(b) => {
-                opened.iter_mut().for_each(|o| o.push(None));
-                b.actual
+                opened.iter_mut().for_each(|o| o.push(Vec::new()));
+                (b.actual, b.sockets.clone())
             }
             None => {
-                let (actual, sockets) = bind_all(&plan.name, plan.bind, workers)?;
-                for (o, s) in opened.iter_mut().zip(sockets) {
-                    o.push(Some(s));
+                let err = |addr, source| WorkerError::Bind {
+                    listener: plan.name.clone(),
+                    addr,
+                    source,
+                };
+                let (actual, sockets) = match spare(plan.bind) {
+                    Some(sockets) => (plan.bind, sockets),
+                    None => {
+                        let (actual, sockets) = bind_all(&plan.name, plan.bind, workers)?;
+                        (actual, Arc::new(sockets))
+                    }
+                };
+                let mine = handover::spread(&sockets, workers).map_err(|e| err(actual, e))?;
+                for (o, s) in opened.iter_mut().zip(mine) {
+                    o.push(s);
                 }
-                actual
+                (actual, sockets)
             }
         };
         bound.push(Bound {
             name: plan.name.clone(),
             configured: plan.bind,
             actual,
+            sockets,
         });
     }
     Ok((opened, bound))
@@ -302,12 +375,32 @@ pub fn start(
     plans: Vec<ListenerPlan>,
     metrics: Arc<Metrics>,
 ) -> Result<Server, WorkerError> {
+    start_inheriting(config, plans, metrics, &mut handover::Inherited::default())
+}
+
+/// [`start`], with the listeners whose configured address `inherited` has a socket for serving
+/// on those sockets instead of binding; what no listener claims stays in `inherited`.
+pub fn start_inheriting(
+    config: &Config,
+    plans: Vec<ListenerPlan>,
+    metrics: Arc<Metrics>,
+    inherited: &mut handover::Inherited,
+) -> Result<Server, WorkerError> {
     let workers = config.worker_count();
     let uring = monoio::utils::detect_uring() && std::env::var_os("CERTGATE_EPOLL").is_none();
     if !uring {
         warn!("io_uring is unavailable: falling back to the epoll driver");
     }
-    let (opened, bound) = open(&plans, &[], workers)?;
+    let from_systemd = inherited.activated_addrs();
+    let mut activated = Vec::new();
+    let mut spare = |addr: SocketAddr| {
+        let sockets = Arc::new(inherited.take(handover::Role::Listener, addr)?);
+        if from_systemd.contains(&addr) {
+            activated.push((addr, sockets.clone()));
+        }
+        Some(sockets)
+    };
+    let (opened, bound) = open(&plans, &[], &mut spare, workers)?;
 
     let settings = Settings::of(config);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -338,6 +431,7 @@ pub fn start(
     Ok(Server {
         addrs: bound.iter().map(|b| b.actual).collect(),
         bound,
+        activated,
         controls,
         threads,
         uring,
@@ -426,6 +520,7 @@ async fn worker_loop(
 ) {
     let shutdown = Rc::new(Shutdown::default());
     let gauge = Rc::new(ConnGauge::default());
+    let mut retire = false;
     let grace = first.settings.timeouts.shutdown_grace;
     let mut table = Listeners::new(index, shutdown.clone(), gauge.clone());
     table.apply(first);
@@ -449,9 +544,17 @@ async fn worker_loop(
                 if !matches!(res, Ok(n) if n > 0) {
                     break;
                 }
-                while let Ok(Command::Reload(generation, done)) = commands.try_recv() {
-                    table.apply(*generation);
-                    let _ = done.send(());
+                while let Ok(command) = commands.try_recv() {
+                    match command {
+                        Command::Reload(generation, done) => {
+                            table.apply(*generation);
+                            let _ = done.send(());
+                        }
+                        Command::Retire => retire = true,
+                    }
+                }
+                if retire {
+                    break;
                 }
             }
         }
@@ -461,7 +564,11 @@ async fn worker_loop(
             "cannot watch the control channel ({e}): stopping"
         ),
     }
-    shutdown.trigger();
+    if retire {
+        shutdown.trigger_patiently();
+    } else {
+        shutdown.trigger();
+    }
     table.clear_pools();
     table.flush_access_log();
     let grace = table.shutdown_grace().unwrap_or(grace);

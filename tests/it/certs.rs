@@ -27,8 +27,16 @@ fn write_p12s(dir: &Path) {
     write_pki(dir);
     std::fs::write(dir.join("pw.txt"), "s3cret\n").unwrap();
     let base = [
-        "pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-certfile", "ca.pem",
-        "-passout", "pass:s3cret",
+        "pkcs12",
+        "-export",
+        "-in",
+        "server.pem",
+        "-inkey",
+        "server.key",
+        "-certfile",
+        "ca.pem",
+        "-passout",
+        "pass:s3cret",
     ];
     openssl(dir, &[&base[..], &["-out", "server.p12"]].concat());
     openssl(
@@ -51,7 +59,14 @@ fn write_p12s(dir: &Path) {
     openssl(
         dir,
         &[
-            "pkcs12", "-export", "-nokeys", "-in", "server.pem", "-passout", "pass:s3cret", "-out",
+            "pkcs12",
+            "-export",
+            "-nokeys",
+            "-in",
+            "server.pem",
+            "-passout",
+            "pass:s3cret",
+            "-out",
             "nokey.p12",
         ],
     );
@@ -82,7 +97,10 @@ fn check(dir: &Path, text: &str) -> (bool, String) {
 
 /// The leaf certificate a rustls client is served by `server`.
 fn served_leaf(server: &certgate::worker::Server) -> Vec<u8> {
-    let mut tls = connect(server.local_addrs()[0], client_config(ClientCert::None, false));
+    let mut tls = connect(
+        server.local_addrs()[0],
+        client_config(ClientCert::None, false),
+    );
     let _ = exchange(&mut tls, &get("/"));
     tls.conn.peer_certificates().expect("a chain")[0].to_vec()
 }
@@ -149,7 +167,13 @@ fn a_wrong_password_or_a_keyless_pkcs12_is_a_check_error_naming_the_file() {
 /// The size of the server's public key as `openssl s_client` reports it, offering `sigalgs`.
 fn served_key_bits(addr: std::net::SocketAddr, sigalgs: Option<&str>) -> String {
     let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &addr.to_string(), "-servername", "localhost"]);
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        "localhost",
+    ]);
     if let Some(algs) = sigalgs {
         cmd.args(["-sigalgs", algs]);
     }
@@ -171,8 +195,19 @@ fn ecdsa_and_rsa_side_by_side_each_client_gets_what_it_can_verify() {
     openssl(
         &dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rsa.key", "-out",
-            "rsa.pem", "-days", "2", "-subj", "/CN=localhost",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "rsa.key",
+            "-out",
+            "rsa.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
         ],
     );
     let text = config(
@@ -193,10 +228,11 @@ fn ecdsa_and_rsa_side_by_side_each_client_gets_what_it_can_verify() {
         "2048 bit"
     );
     // A key that does not fit its certificate is named by `check`.
-    let swapped = config(
-        "certificates = [{ cert = \"rsa.pem\", key = \"server.key\" }]",
-    );
+    let swapped = config("certificates = [{ cert = \"rsa.pem\", key = \"server.key\" }]");
     let (ok, out) = check(&dir, &swapped);
-    assert!(!ok && out.contains("rsa.pem") && out.contains("do not fit"), "{out}");
+    assert!(
+        !ok && out.contains("rsa.pem") && out.contains("do not fit"),
+        "{out}"
+    );
     server.shutdown();
 }

@@ -21,5 +21,6 @@ mod support;
 mod tcp;
 mod tickets;
 mod tools;
+mod upgrade;
 mod upstream_tls;
 mod websocket;
