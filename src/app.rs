@@ -63,83 +63,119 @@ pub fn prepare_after(config: Config, previous: &[ListenerPlan]) -> Result<Prepar
     let mut plans = Vec::new();
     let mut summaries = Vec::new();
     for listener in &config.listeners {
-        let trust = trust_fingerprint(listener, &config)?;
-        let same_trust = previous
-            .iter()
-            .find(|p| p.name == listener.name && p.trust == trust);
-        let cache = match same_trust {
-            Some(p) => p.cache.clone(),
-            None => tls::cache::CacheConfig::new(
-                config.server.cert_cache_size,
-                config.server.cert_cache_ttl,
-            ),
-        }
-        .with_forwarding(forwarding(listener)?);
-        let ticketer = match (&ticket_keys, same_trust) {
-            (Some(keys), _) => Some(keys.ticketer(&listener.name, &trust)),
-            (None, Some(p)) => Some(p.tls.ticketer.clone()),
-            (None, None) => None,
-        };
-        let mut built = tls::server_config_with(
+        plans.push(plan(
             listener,
-            config.limits.max_client_cert_chain,
-            cache,
-            ticketer,
-        )?;
-        if let (Some(p), Some(fresh)) = (same_trust, Arc::get_mut(&mut built.config)) {
-            fresh.session_storage = p.tls.session_storage.clone();
-        }
-        if let (Some(keys), true) = (&ticket_keys, listener.session_resumption) {
-            built.summary.push_str(&format!(
-                "; ticket_keys={} ({} key(s), encrypting with {})",
-                keys.path().display(),
-                keys.names().len(),
-                keys.encrypting(),
-            ));
-        }
-        let upstream_tls = tls::upstream::UpstreamTlsPlan::load(listener)?;
-        if let Some(plan) = &upstream_tls {
-            built.summary.push_str(&plan.summary(listener));
-        }
-        for line in &built.warnings {
-            warn!(listener = %listener.name, "{line}");
-        }
-        let proxy_in = &listener.proxy_in;
-        if proxy_in.accept != crate::config::ProxyAccept::Off {
-            let from: Vec<String> = proxy_in.from.iter().map(ToString::to_string).collect();
-            built.summary.push_str(&format!(
-                "; proxy_protocol={} from {}",
-                proxy_in.accept.as_str(),
-                if from.is_empty() {
-                    "every source".to_owned()
-                } else {
-                    from.join(", ")
-                },
-            ));
-        }
-        summaries.push(built.summary);
-        plans.push(ListenerPlan {
-            name: listener.name.clone(),
-            bind: listener.bind,
-            tls: built.config,
-            cache: built.cache,
-            trust,
-            not_after: built.not_after,
-            upstream: listener.upstream,
-            upstream_host: listener.upstream_authority.clone(),
-            upgrade: listener.upgrade.clone(),
-            verifies_clients: listener.client_ca.is_some(),
-            protocol: listener.protocol,
-            upstream_proxy_protocol: listener.upstream_proxy_protocol,
-            proxy_in: listener.proxy_in.clone(),
-            passthrough: listener.passthrough.clone(),
-            upstream_tls,
-        });
+            &config,
+            previous,
+            ticket_keys.as_ref(),
+            &mut summaries,
+        )?);
     }
     Ok(Prepared {
         config,
         plans,
         summaries,
+    })
+}
+
+/// One listener's (or site's) plan, its sites' plans inside; each adds its summary line.
+/// `previous` is the running generation's plans at the same level (listeners, or the sites of
+/// the listener of the same name).
+fn plan(
+    listener: &Listener,
+    config: &Config,
+    previous: &[ListenerPlan],
+    ticket_keys: Option<&TicketKeys>,
+    summaries: &mut Vec<String>,
+) -> Result<ListenerPlan, StartupError> {
+    let trust = trust_fingerprint(listener, config)?;
+    let same_trust = previous
+        .iter()
+        .find(|p| p.name == listener.name && p.trust == trust);
+    let cache = match same_trust {
+        Some(p) => p.cache.clone(),
+        None => tls::cache::CacheConfig::new(
+            config.server.cert_cache_size,
+            config.server.cert_cache_ttl,
+        ),
+    }
+    .with_forwarding(forwarding(listener)?);
+    let ticketer = match (ticket_keys, same_trust) {
+        (Some(keys), _) => Some(keys.ticketer(&listener.name, &trust)),
+        (None, Some(p)) => Some(p.tls.ticketer.clone()),
+        (None, None) => None,
+    };
+    let mut built = tls::server_config_with(
+        listener,
+        config.limits.max_client_cert_chain,
+        cache,
+        ticketer,
+    )?;
+    if let (Some(p), Some(fresh)) = (same_trust, Arc::get_mut(&mut built.config)) {
+        fresh.session_storage = p.tls.session_storage.clone();
+    }
+    if let (Some(keys), true) = (ticket_keys, listener.session_resumption) {
+        built.summary.push_str(&format!(
+            "; ticket_keys={} ({} key(s), encrypting with {})",
+            keys.path().display(),
+            keys.names().len(),
+            keys.encrypting(),
+        ));
+    }
+    let upstream_tls = tls::upstream::UpstreamTlsPlan::load(listener)?;
+    if let Some(plan) = &upstream_tls {
+        built.summary.push_str(&plan.summary(listener));
+    }
+    for line in &built.warnings {
+        warn!(listener = %listener.name, "{line}");
+    }
+    let proxy_in = &listener.proxy_in;
+    if proxy_in.accept != crate::config::ProxyAccept::Off {
+        let from: Vec<String> = proxy_in.from.iter().map(ToString::to_string).collect();
+        built.summary.push_str(&format!(
+            "; proxy_protocol={} from {}",
+            proxy_in.accept.as_str(),
+            if from.is_empty() {
+                "every source".to_owned()
+            } else {
+                from.join(", ")
+            },
+        ));
+    }
+    summaries.push(built.summary);
+    let previous_sites = previous
+        .iter()
+        .find(|p| p.name == listener.name)
+        .map_or(&[][..], |p| &p.sites[..]);
+    let mut sites = Vec::with_capacity(listener.sites.len());
+    for site in &listener.sites {
+        sites.push(plan(
+            &site.policy,
+            config,
+            previous_sites,
+            ticket_keys,
+            summaries,
+        )?);
+    }
+    Ok(ListenerPlan {
+        name: listener.name.clone(),
+        bind: listener.bind,
+        tls: built.config,
+        cache: built.cache,
+        trust,
+        not_after: built.not_after,
+        upstream: listener.upstream,
+        upstream_host: listener.upstream_authority.clone(),
+        upgrade: listener.upgrade.clone(),
+        verifies_clients: listener.client_ca.is_some(),
+        protocol: listener.protocol,
+        upstream_proxy_protocol: listener.upstream_proxy_protocol,
+        proxy_in: listener.proxy_in.clone(),
+        passthrough: listener.passthrough.clone(),
+        upstream_tls,
+        sites,
+        site_names: listener.site_names.clone(),
+        strict_sni: listener.strict_sni,
     })
 }
 

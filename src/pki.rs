@@ -383,8 +383,10 @@ fn san(name: &str) -> Result<SanType, PkiError> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    // rcgen accepts any ASCII as a DNS SAN; check the syntax a TLS client will match against.
-    rustls_pki_types::DnsName::try_from(name).map_err(|e| PkiError::InvalidName {
+    // rcgen accepts any ASCII as a DNS SAN; check the syntax a TLS client will match against
+    // (a wildcard certificate's `*.` label, then a name).
+    let checked = name.strip_prefix("*.").unwrap_or(name);
+    rustls_pki_types::DnsName::try_from(checked).map_err(|e| PkiError::InvalidName {
         name: name.to_owned(),
         reason: e.to_string(),
     })?;

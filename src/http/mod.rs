@@ -124,7 +124,7 @@ impl From<ChunkError> for HttpError {
     }
 }
 
-/// The prebuilt HTTP/1.1 error response for `status` (one of 400, 408, 413, 417, 431, 500, 501,
+/// The prebuilt HTTP/1.1 error response for `status` (one of 400, 408, 413, 417, 421, 431, 500, 501,
 /// 502, 503, 504). Any other status yields the 500 response, so the caller always has
 /// something valid to send.
 pub fn error_response(status: u16) -> &'static [u8] {
@@ -133,6 +133,7 @@ pub fn error_response(status: u16) -> &'static [u8] {
         408 => b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nRequest Timeout\n",
         413 => b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nContent Too Large\n",
         417 => b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nExpectation Failed\n",
+        421 => b"HTTP/1.1 421 Misdirected Request\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\nMisdirected Request\n",
         431 => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n",
         501 => b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n",
         502 => b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Gateway\n",
@@ -430,7 +431,7 @@ mod tests {
 
     #[test]
     fn error_responses_are_valid_http_with_matching_length() {
-        for status in [400u16, 408, 413, 417, 431, 500, 501, 502, 503, 504] {
+        for status in [400u16, 408, 413, 417, 421, 431, 500, 501, 502, 503, 504] {
             let bytes = error_response(status);
             let mut headers = [httparse::EMPTY_HEADER; 8];
             let mut resp = httparse::Response::new(&mut headers);

@@ -91,6 +91,22 @@ const KNOWN: [(&[u8], u8); 18] = [
     (b"upgrade", UPGRADE),
 ];
 
+/// `host[:port]` → `host`; `[v6]:port` → `[v6]`. A userinfo part (`user@host`) is not valid in
+/// `Host` and never names a site, so it is left in place.
+fn strip_port(authority: &[u8]) -> &[u8] {
+    if authority.first() == Some(&b'[') {
+        let end = authority
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(authority.len(), |i| i + 1);
+        return &authority[..end];
+    }
+    match authority.iter().rposition(|&b| b == b':') {
+        Some(i) if authority[i + 1..].iter().all(u8::is_ascii_digit) => &authority[..i],
+        _ => authority,
+    }
+}
+
 fn classify(name: &[u8]) -> u8 {
     for (known, kind) in KNOWN {
         if norm_eq(name, known) {
@@ -171,6 +187,26 @@ impl RequestHead {
     /// one).
     pub fn upgrade<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         self.upgrade.map(|s| s.get(buf))
+    }
+
+    /// The host name the request is for, without a port: the authority of an absolute-form
+    /// target (which RFC 9112 §3.2.2 says overrides `Host`), else the `Host` value; empty
+    /// when there is neither. An IPv6 literal keeps its brackets (it names no site).
+    pub fn host_name<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        let target = self.target(buf);
+        let lower_starts =
+            |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+        let authority = if lower_starts(b"http://") || lower_starts(b"https://") {
+            let rest = &target[target.iter().position(|&b| b == b'/').map_or(0, |i| i + 2)..];
+            let end = rest
+                .iter()
+                .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        } else {
+            self.host(buf).unwrap_or(&[])
+        };
+        strip_port(authority)
     }
 
     /// The `Host` value (trimmed), if present.

@@ -879,3 +879,26 @@ fn upgrade_permitted_checks_every_offered_protocol() {
     assert!(!upgrade_permitted(b"", &allowed));
     assert!(!upgrade_permitted(b"websocket", &[]));
 }
+
+#[test]
+fn host_name_comes_from_host_or_an_absolute_target_without_the_port() {
+    let name = |raw: &[u8]| {
+        let head = ok(raw);
+        String::from_utf8(head.host_name(raw).to_vec()).unwrap()
+    };
+    assert_eq!(
+        name(b"GET / HTTP/1.1\r\nHost: api.example.com:8443\r\n\r\n"),
+        "api.example.com"
+    );
+    assert_eq!(
+        name(b"GET / HTTP/1.1\r\nHost: API.example.com\r\n\r\n"),
+        "API.example.com"
+    );
+    assert_eq!(name(b"GET / HTTP/1.1\r\nHost: [::1]:443\r\n\r\n"), "[::1]");
+    assert_eq!(
+        name(b"GET https://b.example.com:8443/x?y HTTP/1.1\r\nHost: a.example.com\r\n\r\n"),
+        "b.example.com",
+        "an absolute-form target overrides Host"
+    );
+    assert_eq!(name(b"GET / HTTP/1.0\r\n\r\n"), "");
+}

@@ -19,6 +19,10 @@ pub enum ClientError {
     Aborted,
     #[error("client sent no complete request head in time")]
     HeadTimeout,
+    /// The request's Host belongs to another site than the one the TLS handshake chose (or
+    /// to none this site serves): answering it would cross a site's policy.
+    #[error("Host does not belong to the site the TLS handshake chose")]
+    Misdirected,
     #[error("client stalled while sending the body")]
     BodyTimeout,
     #[error("bad request: {0}")]
@@ -77,6 +81,7 @@ pub fn effect(err: &ProxyError, response_started: bool) -> Effect {
         ProxyError::Client(e) => match e {
             ClientError::Io(_) | ClientError::Aborted | ClientError::BodyTimeout => Effect::Close,
             ClientError::HeadTimeout => Effect::Respond(408),
+            ClientError::Misdirected => Effect::Respond(421),
             ClientError::BadHead(e) => Effect::Respond(e.status()),
             ClientError::BadBody(_) => Effect::Respond(400),
         },

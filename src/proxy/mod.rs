@@ -73,6 +73,45 @@ pub struct ListenerCtx {
     /// Which sources must start with a PROXY header, and which versions are taken.
     pub proxy_in: ProxyIn,
     pub shutdown: Rc<Shutdown>,
+    /// `[[listener.site]]`s: the context a ClientHello naming one of them continues with.
+    pub sites: Vec<Rc<ListenerCtx>>,
+    /// For a listener with sites (and each of its sites): the name map, and which site this
+    /// context is (0: the listener's own policy, the default site; `i + 1`: `sites[i]`).
+    pub hosts: Option<(Rc<Hosts>, usize)>,
+    /// A ClientHello without SNI, or naming no site or passthrough entry, is refused.
+    pub strict_sni: bool,
+}
+
+/// A listener's server names, shared by its contexts: which site a name belongs to.
+#[derive(Debug)]
+pub struct Hosts {
+    pub names: crate::sni::SniMap<usize>,
+    pub strict: bool,
+}
+
+impl Hosts {
+    /// The site (0: default, `i + 1`: `sites[i]`) that serves `name`.
+    pub fn site_of(&self, name: &str) -> usize {
+        self.names.route(name).map_or(0, |i| i + 1)
+    }
+}
+
+impl ListenerCtx {
+    /// Whether the ClientHello must be read before choosing a TLS config: for passthrough
+    /// names, sites, or strict SNI.
+    pub(crate) fn picks_by_sni(&self) -> bool {
+        !self.passthrough.is_empty() || !self.sites.is_empty() || self.strict_sni
+    }
+
+    /// The context a ClientHello's server name selects; `None` when strict SNI refuses it.
+    pub(crate) fn for_server_name(self: &Rc<Self>, name: Option<&str>) -> Option<Rc<ListenerCtx>> {
+        let site = name.and_then(|n| self.hosts.as_ref().and_then(|(h, _)| h.names.route(n)));
+        match site {
+            Some(&i) => self.sites.get(i).cloned(),
+            None if self.strict_sni => None,
+            None => Some(self.clone()),
+        }
+    }
 }
 
 /// Serves one accepted connection until it closes.
@@ -106,18 +145,19 @@ pub async fn serve(tcp: TcpStream, socket_peer: SocketAddr, ctx: Rc<ListenerCtx>
     } else {
         (socket_peer, None)
     };
-    let (tcp, conn) = if ctx.passthrough.is_empty() {
+    let (tcp, conn, ctx) = if !ctx.picks_by_sni() {
         match rustls::ServerConnection::new(ctx.tls.clone()) {
-            Ok(c) => (tcp, c),
+            Ok(c) => (tcp, c, ctx),
             Err(e) => {
                 debug!(listener = %ctx.name, %peer, "TLS setup failed: {e}");
                 return;
             }
         }
     } else {
-        // The ClientHello decides: terminated here, or relayed as it is (spliced).
+        // The ClientHello decides: relayed as it is (spliced), or terminated here with the
+        // policy of the site it names.
         match monoio::time::timeout_at(deadline, passthrough::hello(tcp, peer, &ctx)).await {
-            Ok(passthrough::Hello::Terminate(tcp, conn)) => (tcp, *conn),
+            Ok(passthrough::Hello::Terminate(tcp, conn, site)) => (tcp, *conn, site),
             Ok(passthrough::Hello::Done) => return,
             Err(_) => {
                 ctx.metrics.handshake_failed(ctx.index, FailReason::Timeout);
@@ -323,6 +363,9 @@ mod tests {
                 protocol: ListenerProtocol::Http,
                 upstream_proxy_protocol: ProxyVersion::Off,
                 passthrough: crate::sni::SniRoutes::default(),
+                sites: Vec::new(),
+                hosts: None,
+                strict_sni: false,
                 proxy_in: ProxyIn::default(),
                 shutdown: Rc::new(Shutdown::default()),
             });

@@ -1,4 +1,6 @@
-//! SNI passthrough: a ClientHello whose server name a `[[listener.passthrough]]` entry claims is
+//! The ClientHello decides, for listeners with passthrough entries, sites or `strict_sni`: a
+//! name a `[[listener.site]]` claims is terminated with that site's rustls config; SNI
+//! passthrough: a ClientHello whose server name a `[[listener.passthrough]]` entry claims is
 //! not terminated here. certgate connects to that entry's upstream, writes the ClientHello
 //! bytes it already read, and from then on moves bytes both ways with `splice(2)` through a
 //! pipe (1 MiB), so no payload byte is copied into user space. The splices are plain
@@ -13,6 +15,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use std::io;
@@ -29,20 +32,25 @@ use super::ListenerCtx;
 
 /// Bytes moved per splice at most; the pipe is sized for it.
 const SPLICE_CHUNK: usize = 1 << 20;
+/// A fatal `unrecognized_name` alert (RFC 6066 §3) as a plaintext TLS record: the answer to a
+/// server name no site serves under `strict_sni`, before any handshake message (rustls'
+/// `Acceptor` has no way to send an alert of our choosing).
+const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 /// A ClientHello larger than this is refused (rustls' own limit is lower; this bounds our read).
 const MAX_HELLO: usize = 64 * 1024;
 
 /// What the ClientHello decided.
 pub(crate) enum Hello {
-    /// Terminate here: the connection rustls accepted, with every byte it read.
-    Terminate(TcpStream, Box<rustls::ServerConnection>),
+    /// Terminate here, with the policy of the site the hello named (or the listener's own):
+    /// the connection rustls accepted, with every byte it read.
+    Terminate(TcpStream, Box<rustls::ServerConnection>, Rc<ListenerCtx>),
     /// Relayed (or refused) already; nothing left to do.
     Done,
 }
 
 /// Reads the ClientHello and either relays the connection to a passthrough upstream or hands
-/// it back for termination.
-pub(crate) async fn hello(mut tcp: TcpStream, peer: SocketAddr, ctx: &ListenerCtx) -> Hello {
+/// it back for termination under the site it names.
+pub(crate) async fn hello(mut tcp: TcpStream, peer: SocketAddr, ctx: &Rc<ListenerCtx>) -> Hello {
     let mut acceptor = Acceptor::default();
     let mut raw = PooledBuf::take();
     let accepted = loop {
@@ -80,13 +88,21 @@ pub(crate) async fn hello(mut tcp: TcpStream, peer: SocketAddr, ctx: &ListenerCt
             }
         }
     };
-    let upstream = accepted
-        .client_hello()
-        .server_name()
+    let name = accepted.client_hello().server_name().map(str::to_owned);
+    let upstream = name
+        .as_deref()
         .and_then(|name| ctx.passthrough.route(name).copied());
     let Some(upstream) = upstream else {
-        return match accepted.into_connection(ctx.tls.clone()) {
-            Ok(conn) => Hello::Terminate(tcp, Box::new(conn)),
+        let Some(site) = ctx.for_server_name(name.as_deref()) else {
+            // strict_sni: no site for this name (or no name at all).
+            debug!(listener = %ctx.name, %peer, sni = ?name, "no site for this server name");
+            ctx.metrics
+                .handshake_failed(ctx.index, crate::ops::metrics::FailReason::Protocol);
+            let _ = tcp.write_all(UNRECOGNIZED_NAME.to_vec()).await;
+            return Hello::Done;
+        };
+        return match accepted.into_connection(site.tls.clone()) {
+            Ok(conn) => Hello::Terminate(tcp, Box::new(conn), site),
             Err((e, mut alert)) => {
                 debug!(listener = %ctx.name, %peer, "TLS setup failed: {e}");
                 let mut out = Vec::new();

@@ -394,6 +394,16 @@ impl Session {
 
     /// Forwards one request and relays its response.
     async fn exchange(&mut self, head: RequestHead) -> Result<Next, ProxyError> {
+        if let Some((hosts, site)) = &self.ctx.hosts {
+            // Every request, not only the first: a keep-alive or resumed connection must not
+            // reach another site's app under this site's client policy (nginx
+            // CVE-2025-23419). The default site answers only names no site claims.
+            let name = head.host_name(self.client.pending());
+            let name = std::str::from_utf8(name).unwrap_or("");
+            if hosts.site_of(name) != *site {
+                return Err(ClientError::Misdirected.into());
+            }
+        }
         let mut framer = BodyFramer::request(*head.body());
         if head.expect_continue() && !framer.is_done() {
             let tls = &mut self.client.tls;

@@ -27,7 +27,7 @@ use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::WorkerMetrics;
 use crate::ops::ratelimit::LogLimiter;
 use crate::proxy::upstream::{Pool, PoolTls};
-use crate::proxy::{self, ListenerCtx};
+use crate::proxy::{self, Hosts, ListenerCtx};
 
 /// Refused-handshake log lines per second and worker before they are only counted.
 const REFUSALS_LOGGED_PER_SECOND: u32 = 20;
@@ -112,21 +112,9 @@ impl Listeners {
                 .iter()
                 .position(|a| a.name == plan.name)
                 .map(|i| self.active.swap_remove(i));
-            let tls = plan.upstream_tls.as_ref();
-            let pool = old
-                .as_ref()
-                .map(|a| a.ctx.borrow().pool.clone())
-                .filter(|p| p.serves(plan.upstream, tls.map(|t| &t.fingerprint)))
-                .unwrap_or_else(|| {
-                    let tls = tls.map(|t| PoolTls {
-                        config: t.for_worker(),
-                        server_name: t.server_name.clone(),
-                        fingerprint: t.fingerprint,
-                    });
-                    Rc::new(Pool::new(plan.upstream, tls))
-                });
             let name = plan.name.clone();
-            let ctx = self.context(plan, index, &metrics, pool, &settings);
+            let previous = old.as_ref().map(|a| a.ctx.borrow().clone());
+            let ctx = self.context(plan, index, &metrics, previous.as_deref(), &settings, None);
             match (opened.is_empty(), old) {
                 (false, old) => {
                     if let Some(old) = old {
@@ -153,14 +141,54 @@ impl Listeners {
         self.active = next;
     }
 
+    /// The context of one listener (and, inside it, of each of its sites). `previous` is
+    /// the context this one replaces: its upstream pools are kept where the upstream (address
+    /// and TLS) is unchanged. `hosts` is the listener's server-name map and this site's place
+    /// in it, for a site's context.
     fn context(
         &self,
         plan: ListenerPlan,
         index: usize,
         metrics: &Rc<WorkerMetrics>,
-        pool: Rc<Pool>,
+        previous: Option<&ListenerCtx>,
         settings: &Settings,
+        hosts: Option<(Rc<Hosts>, usize)>,
     ) -> Rc<ListenerCtx> {
+        let tls = plan.upstream_tls.as_ref();
+        let pool = previous
+            .map(|p| p.pool.clone())
+            .filter(|p| p.serves(plan.upstream, tls.map(|t| &t.fingerprint)))
+            .unwrap_or_else(|| {
+                let tls = tls.map(|t| PoolTls {
+                    config: t.for_worker(),
+                    server_name: t.server_name.clone(),
+                    fingerprint: t.fingerprint,
+                });
+                Rc::new(Pool::new(plan.upstream, tls))
+            });
+        // A listener with sites: every request's Host must belong to the site the handshake
+        // chose (the listener's own policy is site 0).
+        let hosts = hosts.or_else(|| {
+            (!plan.sites.is_empty()).then(|| {
+                let hosts = Hosts {
+                    names: plan.site_names.clone(),
+                    strict: plan.strict_sni,
+                };
+                (Rc::new(hosts), 0)
+            })
+        });
+        let sites = plan
+            .sites
+            .into_iter()
+            .enumerate()
+            .map(|(i, site)| {
+                let before = previous
+                    .and_then(|p| p.sites.iter().find(|s| s.name == site.name))
+                    .map(|s| &**s);
+                let own = hosts.as_ref().map(|(h, _)| (h.clone(), i + 1));
+                self.context(site, index, metrics, before, settings, own)
+            })
+            .collect();
         Rc::new(ListenerCtx {
             name: plan.name,
             index,
@@ -182,6 +210,9 @@ impl Listeners {
             passthrough: plan.passthrough,
             tunnel_idle: settings.timeouts.tunnel_idle,
             shutdown: self.shutdown.clone(),
+            sites,
+            hosts,
+            strict_sni: plan.strict_sni,
         })
     }
 
@@ -220,7 +251,11 @@ impl Listeners {
     /// Closes every idle upstream connection (shutdown).
     pub(crate) fn clear_pools(&self) {
         for a in &self.active {
-            a.ctx.borrow().pool.clear();
+            let ctx = a.ctx.borrow();
+            ctx.pool.clear();
+            for site in &ctx.sites {
+                site.pool.clear();
+            }
         }
     }
 

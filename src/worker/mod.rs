@@ -78,6 +78,12 @@ pub struct ListenerPlan {
     pub passthrough: crate::sni::SniRoutes,
     /// TLS to the upstream (`upstream = "https://…"`).
     pub upstream_tls: Option<crate::tls::upstream::UpstreamTlsPlan>,
+    /// `[[listener.site]]`s, each a plan of its own (no sites, no socket of its own).
+    pub sites: Vec<ListenerPlan>,
+    /// Server name → index into `sites`.
+    pub site_names: crate::sni::SniMap<usize>,
+    /// Unknown or missing SNI fails the handshake instead of getting this plan's own policy.
+    pub strict_sni: bool,
 }
 
 /// Per-worker settings that a reload may change.

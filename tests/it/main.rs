@@ -17,6 +17,7 @@ mod policy;
 mod proxy_in;
 mod proxying;
 mod relay;
+mod sites;
 mod support;
 mod tcp;
 mod tickets;
