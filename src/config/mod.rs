@@ -297,7 +297,11 @@ impl Config {
     /// path. A reload watcher hashes the config file plus these to notice a rotation.
     pub fn files(&self) -> Vec<&Path> {
         let mut files: Vec<&Path> = self.server.ticket_keys.as_deref().into_iter().collect();
-        for l in &self.listeners {
+        let policies = self
+            .listeners
+            .iter()
+            .flat_map(|l| std::iter::once(l).chain(l.sites.iter().map(|s| &s.policy)));
+        for l in policies {
             let tls = l.upstream_tls.as_ref();
             let own = l.identities.iter().flat_map(|i| i.files().map(Some));
             let named = [

@@ -690,3 +690,24 @@ fn load_checks_that_the_control_socket_directory_exists() {
     assert!(Config::load(&file).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn files_include_every_site_s_files() {
+    let c = parse(&format!(
+        "{MINIMAL}[[listener.site]]\nserver_names = [\"a.example.com\"]\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+         client_ca = \"a-ca.pem\"\n"
+    ))
+    .unwrap();
+    let files: Vec<String> = c
+        .files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for f in ["server.pem", "server.key", "a.pem", "a.key", "a-ca.pem"] {
+        assert!(files.iter().any(|x| x == f), "{f} in {files:?}");
+    }
+    assert_eq!(
+        c.listeners[0].sites[0].policy.name,
+        "127.0.0.1:8443/a.example.com"
+    );
+}
