@@ -56,6 +56,7 @@ fn injection(c: &mut Criterion) {
                     xfcc_line: Some(&prebuilt),
                     upstream_host: b"app.internal:8080",
                     upgrade: false,
+                    target: None,
                 };
                 h.write_upstream(head, &inject, &mut out);
                 std::hint::black_box(out.len())
@@ -74,6 +75,7 @@ fn injection(c: &mut Criterion) {
                     xfcc_line: Some(&prebuilt),
                     upstream_host: b"app.internal:8080",
                     upgrade: false,
+                    target: None,
                 };
                 parsed.write_upstream(head, &inject, &mut out);
                 std::hint::black_box(out.len())
@@ -98,6 +100,7 @@ fn injection(c: &mut Criterion) {
                         xfcc_line: Some(&line),
                         upstream_host: b"app.internal:8080",
                         upgrade: false,
+                        target: None,
                     };
                     h.write_upstream(head, &inject, &mut out);
                     std::hint::black_box(out.len())

@@ -176,6 +176,7 @@ fn plan(
         sites,
         site_names: listener.site_names.clone(),
         strict_sni: listener.strict_sni,
+        routes: listener.routes.clone(),
     })
 }
 

@@ -102,6 +102,7 @@ fuzz_target!(|data: &[u8]| {
             xfcc_line: xfcc,
             upstream_host: b"app.internal:8080",
             upgrade: false,
+            target: None,
         };
         let mut out = Vec::new();
         head.write_upstream(data, &inject, &mut out);

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::certs::{self, FileIdentity, Identity};
+use route::FileRoute;
+pub use route::{RouteTable, RouteUpstream};
 use site::FileSite;
 pub use site::Site;
 
+mod route;
 mod site;
 use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyAccept, ProxyIn, ProxyVersion};
 use crate::cidr::Cidr;
@@ -69,6 +72,9 @@ pub struct Listener {
     /// `strict_sni`: no SNI, or a name no site claims, fails the handshake
     /// (`unrecognized_name`) instead of getting the default site.
     pub strict_sni: bool,
+    /// `[[listener.route]]`: per-path requirements, longest prefix first. With routes, every
+    /// request's path is normalized before matching and forwarded in its normal form.
+    pub routes: RouteTable,
 }
 
 /// TLS to the upstream (`upstream = "https://host:port"`).
@@ -122,6 +128,8 @@ pub(super) struct FileListener {
     #[serde(default)]
     site: Vec<FileSite>,
     strict_sni: Option<bool>,
+    #[serde(default)]
+    route: Vec<FileRoute>,
 }
 
 /// `[listener.allow]`.
@@ -197,6 +205,12 @@ impl FileListener {
         )?;
         let revocation = self.revocation(base_dir, &key)?;
         let allow = self.allow_list(&key)?;
+        let routes = route::routes(
+            &self.route,
+            self.client_certificate_mode,
+            self.client_ca.is_some(),
+            at,
+        )?;
         let name = match self.name {
             Some(name) if !name.trim().is_empty() => name,
             Some(_) => return Err(ConfigError::invalid(key("name"), "must not be empty")),
@@ -271,6 +285,7 @@ impl FileListener {
             sites: Vec::new(),
             site_names: SniMap::default(),
             strict_sni,
+            routes,
         })
         .and_then(|mut listener| {
             if let Some(base) = base {
@@ -323,54 +338,15 @@ impl FileListener {
 
     /// `[listener.allow]`: names need a trust anchor to mean anything; pins do not.
     fn allow_list(&self, key: &dyn Fn(&str) -> String) -> Result<AllowList, ConfigError> {
-        let Some(file) = &self.allow else {
-            return Ok(AllowList::default());
-        };
-        let mut list = AllowList {
-            subject_cn: file.subject_cn.clone(),
-            dns: file.dns.clone(),
-            uri: file.uri.clone(),
-            email: file.email.clone(),
-            ..AllowList::default()
-        };
-        for pin in &file.sha256 {
-            list.sha256
-                .push(allow::parse_sha256(pin.trim()).ok_or_else(|| {
-                    ConfigError::invalid(
-                        key("allow.sha256"),
-                        format!("{pin:?} is not a SHA-256 (64 hex digits, colons allowed)"),
-                    )
-                })?);
+        match &self.allow {
+            None => Ok(AllowList::default()),
+            Some(file) => allow_list(
+                file,
+                self.client_certificate_mode,
+                self.client_ca.is_some(),
+                &|f| key(&format!("allow{f}")),
+            ),
         }
-        for dns in &list.dns {
-            let bare = dns.strip_prefix("*.").unwrap_or(dns);
-            if bare.is_empty() || bare.contains('*') {
-                return Err(ConfigError::invalid(
-                    key("allow.dns"),
-                    format!("{dns:?}: a name, or one leading \"*.\" label"),
-                ));
-            }
-        }
-        if list.is_empty() {
-            return Err(ConfigError::invalid(
-                key("allow"),
-                "lists no entry: it would refuse every certificate (remove the table to allow any)",
-            ));
-        }
-        if self.client_certificate_mode == ClientCertMode::Ignore {
-            return Err(ConfigError::invalid(
-                key("allow"),
-                "has no effect with client_certificate_mode = \"ignore\" (no certificate is asked for)",
-            ));
-        }
-        if list.has_names() && self.client_ca.is_none() {
-            return Err(ConfigError::invalid(
-                key("allow"),
-                "subject_cn, dns, uri and email need client_ca: without a trust anchor anyone can \
-                 mint a self-signed certificate with any name (sha256 pins work without one)",
-            ));
-        }
-        Ok(list)
     }
 
     /// The `upstream_*` TLS keys, which belong to an `https` upstream and only to one.
@@ -505,6 +481,61 @@ fn forwarding(
         *xfcc = chosen;
     }
     Ok(policy)
+}
+
+/// An `allow` table (the listener's, a site's or a route's) → the list. `key("")` names the
+/// table, `key(".sha256")` one of its keys.
+fn allow_list(
+    file: &FileAllow,
+    mode: ClientCertMode,
+    has_ca: bool,
+    key: &dyn Fn(&str) -> String,
+) -> Result<AllowList, ConfigError> {
+    let mut list = AllowList {
+        subject_cn: file.subject_cn.clone(),
+        dns: file.dns.clone(),
+        uri: file.uri.clone(),
+        email: file.email.clone(),
+        ..AllowList::default()
+    };
+    for pin in &file.sha256 {
+        list.sha256
+            .push(allow::parse_sha256(pin.trim()).ok_or_else(|| {
+                ConfigError::invalid(
+                    key(".sha256"),
+                    format!("{pin:?} is not a SHA-256 (64 hex digits, colons allowed)"),
+                )
+            })?);
+    }
+    for dns in &list.dns {
+        let bare = dns.strip_prefix("*.").unwrap_or(dns);
+        if bare.is_empty() || bare.contains('*') {
+            return Err(ConfigError::invalid(
+                key(".dns"),
+                format!("{dns:?}: a name, or one leading \"*.\" label"),
+            ));
+        }
+    }
+    if list.is_empty() {
+        return Err(ConfigError::invalid(
+            key(""),
+            "lists no entry: it would refuse every certificate (remove the table to allow any)",
+        ));
+    }
+    if mode == ClientCertMode::Ignore {
+        return Err(ConfigError::invalid(
+            key(""),
+            "has no effect with client_certificate_mode = \"ignore\" (no certificate is asked for)",
+        ));
+    }
+    if list.has_names() && !has_ca {
+        return Err(ConfigError::invalid(
+            key(""),
+            "subject_cn, dns, uri and email need client_ca: without a trust anchor anyone can \
+             mint a self-signed certificate with any name (sha256 pins work without one)",
+        ));
+    }
+    Ok(list)
 }
 
 /// `upstream` as written → (TLS?, host:port). No scheme and `http://` mean plain TCP;

@@ -382,7 +382,7 @@ mod listener;
 
 pub use certs::Identity;
 use file::FileConfig;
-pub use listener::{Listener, UpstreamTls};
+pub use listener::{Listener, RouteTable, RouteUpstream, Site, UpstreamTls};
 
 #[cfg(test)]
 mod tests;

@@ -144,6 +144,16 @@ pub fn error_response(status: u16) -> &'static [u8] {
     }
 }
 
+/// `403 Forbidden` with a one-line reason (a per-path rule's refusal), then close.
+pub fn forbidden_response(reason: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{reason}\n",
+        reason.len() + 1
+    )
+    .into_bytes()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shared internals: header records as offsets into the caller's buffer.
 // ---------------------------------------------------------------------------------------------

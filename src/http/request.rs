@@ -49,6 +49,9 @@ pub struct Inject<'a> {
     /// Forward the request's upgrade ([`RequestHead::upgrade`]): the listener allows it (see
     /// [`upgrade_permitted`]). Otherwise `Upgrade` is stripped like any hop-by-hop field.
     pub upgrade: bool,
+    /// The request-target to send instead of the client's: its normal form when per-path
+    /// routes normalized it (`http::path`); `None` forwards the target as sent.
+    pub target: Option<&'a [u8]>,
 }
 
 // Header classification, assigned once at parse time (`Field::kind`).
@@ -231,11 +234,12 @@ impl RequestHead {
                 + 2 * inject.client_addr.len()
                 + inject.forwarded.len()
                 + inject.upstream_host.len()
+                + inject.target.map_or(0, <[u8]>::len)
                 + inject.xfcc_line.map_or(0, <[u8]>::len),
         );
         out.extend_from_slice(self.method.get(buf));
         out.push(b' ');
-        out.extend_from_slice(self.target.get(buf));
+        out.extend_from_slice(inject.target.unwrap_or(self.target.get(buf)));
         out.extend_from_slice(b" HTTP/1.1\r\n");
         if !self.has_host {
             write_field(out, b"Host", inject.upstream_host);

@@ -35,6 +35,7 @@ fn upstream_with(bytes: &[u8], xfcc: Option<&[u8]>) -> String {
             xfcc_line: xfcc,
             upstream_host: b"app.internal:8080",
             upgrade: false,
+            target: None,
         },
         &mut out,
     );
@@ -306,6 +307,7 @@ fn accepts_htab_and_obs_text_in_value() {
         xfcc_line: None,
         upstream_host: b"app.internal:8080",
         upgrade: false,
+        target: None,
     };
     head.write_upstream(req, &inject, &mut out);
     assert!(out.windows(8).any(|w| w == b"X: b\tc\xe9\r"));
@@ -736,6 +738,7 @@ fn write_upstream_appends_without_clearing() {
         xfcc_line: None,
         upstream_host: b"app.internal:8080",
         upgrade: false,
+        target: None,
     };
     head.write_upstream(req, &inject, &mut out);
     assert!(out.starts_with(b"prefixGET / HTTP/1.1\r\n"));
@@ -822,6 +825,7 @@ fn upstream_upgrading(bytes: &[u8]) -> String {
             xfcc_line: None,
             upstream_host: b"app.internal:8080",
             upgrade: head.upgrade(bytes).is_some(),
+            target: None,
         },
         &mut out,
     );

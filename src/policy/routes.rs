@@ -131,6 +131,23 @@ impl<T> Routes<T> {
             .find(|r| normalized_path.starts_with(r.path_prefix.as_bytes()))
     }
 
+    /// The same routes, in the same order, with each target replaced by `f(target)` (e.g. an
+    /// upstream address by a worker's pool for it).
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> Routes<U> {
+        Routes {
+            routes: self
+                .routes
+                .into_iter()
+                .map(|r| Route {
+                    path_prefix: r.path_prefix,
+                    required: r.required,
+                    allow: r.allow,
+                    target: f(r.target),
+                })
+                .collect(),
+        }
+    }
+
     /// The routes in matching order (longest prefix first).
     pub fn iter(&self) -> impl Iterator<Item = &Route<T>> {
         self.routes.iter()

@@ -23,6 +23,12 @@ pub enum ClientError {
     /// to none this site serves): answering it would cross a site's policy.
     #[error("Host does not belong to the site the TLS handshake chose")]
     Misdirected,
+    /// The request-target cannot be put in normal form for per-path routing.
+    #[error("bad request target: {0}")]
+    BadPath(crate::http::path::PathError),
+    /// A per-path rule refuses the client's certificate (or its absence).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     #[error("client stalled while sending the body")]
     BodyTimeout,
     #[error("bad request: {0}")]
@@ -67,6 +73,8 @@ pub enum ProxyError {
 pub enum Effect {
     /// Send this small, complete HTTP response, then close.
     Respond(u16),
+    /// Send `403 Forbidden` with this one-line reason, then close.
+    Forbidden(&'static str),
     /// Close the connection without another byte: either nothing useful can be said, or part of
     /// a response was already sent and a clean-looking end would be a lie.
     Close,
@@ -82,6 +90,8 @@ pub fn effect(err: &ProxyError, response_started: bool) -> Effect {
             ClientError::Io(_) | ClientError::Aborted | ClientError::BodyTimeout => Effect::Close,
             ClientError::HeadTimeout => Effect::Respond(408),
             ClientError::Misdirected => Effect::Respond(421),
+            ClientError::BadPath(_) => Effect::Respond(400),
+            ClientError::Forbidden(reason) => Effect::Forbidden(reason),
             ClientError::BadHead(e) => Effect::Respond(e.status()),
             ClientError::BadBody(_) => Effect::Respond(400),
         },

@@ -26,6 +26,7 @@ use crate::http::request::Limits;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::{FailReason, WorkerMetrics};
 use crate::ops::ratelimit::{LogLimiter, Verdict};
+use crate::policy::routes::Routes;
 use crate::proxy_header::inbound::ProxyIn;
 use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
@@ -80,6 +81,15 @@ pub struct ListenerCtx {
     pub hosts: Option<(Rc<Hosts>, usize)>,
     /// A ClientHello without SNI, or naming no site or passthrough entry, is refused.
     pub strict_sni: bool,
+    /// Per-path requirements; a route with its own upstream carries this worker's pool for it.
+    pub routes: Routes<Option<Rc<RoutePool>>>,
+}
+
+/// A route's own upstream in one worker.
+pub struct RoutePool {
+    pub pool: Rc<upstream::Pool>,
+    /// `Host` for HTTP/1.0 requests that carry none: the route's upstream as configured.
+    pub host: Vec<u8>,
 }
 
 /// A listener's server names, shared by its contexts: which site a name belongs to.
@@ -244,24 +254,23 @@ async fn read_proxy_header(
     }
 }
 
-/// A new connection to `ctx`'s upstream; `preface` goes first, before any TLS. A failed TLS
-/// handshake is logged (rate-limited, with the reason): unlike a refused connection, it is a
-/// configuration problem someone must fix (trust, name, expiry, client certificate).
+/// A new connection through `pool` (`ctx`'s, or a route's); `preface` goes first, before any
+/// TLS. A failed TLS handshake is logged (rate-limited, with the reason): unlike a refused
+/// connection, it is a configuration problem someone must fix (trust, name, expiry, client
+/// certificate).
 pub(crate) async fn connect_upstream(
     ctx: &ListenerCtx,
+    pool: &upstream::Pool,
     preface: &[u8],
 ) -> Result<upstream::Upstream, upstream::ConnectError> {
-    let res = ctx
-        .pool
-        .connect(ctx.timeouts.upstream_connect, preface)
-        .await;
+    let res = pool.connect(ctx.timeouts.upstream_connect, preface).await;
     if let Err(e @ upstream::ConnectError::Tls(_)) = &res {
         if let Verdict::Log { suppressed_before } = ctx.failure_log.check(std::time::Instant::now())
         {
             if suppressed_before > 0 {
                 info!("{}", ctx.failure_log.summary(suppressed_before));
             }
-            warn!(listener = %ctx.name, upstream = %ctx.pool.addr(), "{e}");
+            warn!(listener = %ctx.name, upstream = %pool.addr(), "{e}");
         }
     }
     res
@@ -366,6 +375,7 @@ mod tests {
                 sites: Vec::new(),
                 hosts: None,
                 strict_sni: false,
+                routes: Routes::default(),
                 proxy_in: ProxyIn::default(),
                 shutdown: Rc::new(Shutdown::default()),
             });

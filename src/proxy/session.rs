@@ -24,12 +24,15 @@ use super::client::Client;
 use super::error::{effect, upstream_kind, ClientError, Effect, ProxyError, UpstreamError};
 use super::tls_conn::TlsConn;
 use super::tunnel;
-use super::upstream::{read_up, write_up, ConnectError, Parked, Upstream};
+use super::upstream::{read_up, write_up, ConnectError, Parked, Pool, Upstream};
 use super::ListenerCtx;
+use super::RoutePool;
+use crate::http::path;
 use crate::http::request::{self, upgrade_permitted, Inject, RequestHead};
 use crate::http::response::{self, ResponseHead};
 use crate::http::{self, BodyFramer, Parse};
 use crate::ops::access_log::{self, AccessRecord};
+use crate::policy::routes::{self, Decision};
 use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
 
@@ -330,6 +333,14 @@ impl Session {
                 let _ = tls.write_plain(response).await;
                 tls.linger_close(LINGER).await;
             }
+            Effect::Forbidden(reason) => {
+                self.tally.status = 403;
+                let tls = &mut self.client.tls;
+                let response = http::forbidden_response(reason);
+                self.tally.bytes_out += response.len() as u64;
+                let _ = tls.write_plain(&response).await;
+                tls.linger_close(LINGER).await;
+            }
             // Truncated on purpose: no close_notify after a partial response.
             Effect::Close => {}
         }
@@ -404,6 +415,23 @@ impl Session {
                 return Err(ClientError::Misdirected.into());
             }
         }
+        // Per-path routes: the target's normal form is what is matched and what is sent.
+        let mut normal = Vec::new();
+        let mut rewritten = false;
+        let mut route_pool: Option<Rc<RoutePool>> = None;
+        if !self.ctx.routes.is_empty() {
+            let target = head.target(self.client.pending());
+            let n = path::normalize(target, &mut normal).map_err(ClientError::BadPath)?;
+            if let Some(route) = self.ctx.routes.matching(n.path(target, &normal)) {
+                let leaf = self.client.tls.peer_certificates().and_then(|c| c.first());
+                if let Decision::Forbidden(reason) = routes::decide(route, leaf.map(|c| c.as_ref()))
+                {
+                    return Err(ClientError::Forbidden(reason).into());
+                }
+                route_pool = route.target.clone();
+            }
+            rewritten = n.is_rewritten();
+        }
         let mut framer = BodyFramer::request(*head.body());
         if head.expect_continue() && !framer.is_done() {
             let tls = &mut self.client.tls;
@@ -422,8 +450,11 @@ impl Session {
                 client_addr: &self.client_addr,
                 forwarded: &self.forwarded,
                 xfcc_line: self.xfcc_line.as_deref(),
-                upstream_host: &self.ctx.upstream_host,
+                upstream_host: route_pool
+                    .as_ref()
+                    .map_or(&self.ctx.upstream_host, |r| &r.host),
                 upgrade,
+                target: rewritten.then_some(&normal[..]),
             };
             head.write_upstream(buf, &inject, &mut out);
             (is_idempotent(head.method(buf)), upgrade)
@@ -440,7 +471,8 @@ impl Session {
             out.extend_from_slice(&first[adv.forward]);
             self.client.consume(adv.consumed);
         }
-        let mut up = self.acquire_upstream(false).await?;
+        let route = route_pool.as_ref().map(|r| &*r.pool);
+        let mut up = self.acquire_upstream(false, route).await?;
         let answer = loop {
             let attempt = self
                 .attempt(&head, upgrade, &mut framer, &mut up, out)
@@ -457,7 +489,7 @@ impl Session {
                 ) if up.reused && idempotent && !attempt.answered => {
                     debug!(listener = %self.ctx.name, "pooled upstream connection was closed; retrying");
                     out = again;
-                    up = self.acquire_upstream(true).await?;
+                    up = self.acquire_upstream(true, route).await?;
                 }
                 (Err(e), _) => return Err(e),
             }
@@ -477,9 +509,10 @@ impl Session {
             .relay_response(&head, answer, client_keep_alive, &mut up)
             .await?;
         if reusable && body_finished && !early {
-            match &mut self.private {
-                Some(private) => private.idle = Parked::park(up),
-                None => self.ctx.pool.put(up),
+            match (route, &mut self.private) {
+                (Some(pool), _) => pool.put(up),
+                (None, Some(private)) => private.idle = Parked::park(up),
+                (None, None) => self.ctx.pool.put(up),
             }
         }
         Ok(if client_keep_alive {
@@ -491,14 +524,25 @@ impl Session {
         })
     }
 
-    async fn acquire_upstream(&mut self, fresh: bool) -> Result<Upstream, UpstreamError> {
-        if self.private.is_none() && !fresh {
-            if let Some(up) = self.ctx.pool.take() {
-                return Ok(up);
+    /// A connection to the app: `route`'s pool when the request matched a route with its own
+    /// upstream, else the client's private connection (with `upstream_proxy_protocol`) or the
+    /// listener's pool. `fresh`: not a pooled one (the retry after a stale connection).
+    async fn acquire_upstream(
+        &mut self,
+        fresh: bool,
+        route: Option<&Pool>,
+    ) -> Result<Upstream, UpstreamError> {
+        let private = match (route, &mut self.private) {
+            (None, Some(private)) => private,
+            (route, _) => {
+                let pool = route.unwrap_or(&self.ctx.pool);
+                if !fresh {
+                    if let Some(up) = pool.take() {
+                        return Ok(up);
+                    }
+                }
+                return Ok(super::connect_upstream(&self.ctx, pool, &[]).await?);
             }
-        }
-        let Some(private) = &mut self.private else {
-            return Ok(super::connect_upstream(&self.ctx, &[]).await?);
         };
         if let Some(up) = private
             .idle
@@ -512,7 +556,7 @@ impl Session {
             let e = std::io::Error::other("the PROXY header for this client cannot be encoded");
             return Err(ConnectError::Tcp(e).into());
         };
-        Ok(super::connect_upstream(&self.ctx, preface).await?)
+        Ok(super::connect_upstream(&self.ctx, &self.ctx.pool, preface).await?)
     }
 
     /// Sends the request (the head in `out`, then the rest of the body) and reads the final

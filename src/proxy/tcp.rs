@@ -34,7 +34,7 @@ pub(crate) async fn serve(
         }
     };
     // The PROXY header goes first on the TCP connection, before any TLS to the app.
-    let up = match super::connect_upstream(&ctx, &header).await {
+    let up = match super::connect_upstream(&ctx, &ctx.pool, &header).await {
         Ok(up) => up,
         Err(e) => {
             debug!(listener = %ctx.name, %peer, "upstream connect: {e}");

@@ -27,7 +27,7 @@ use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::WorkerMetrics;
 use crate::ops::ratelimit::LogLimiter;
 use crate::proxy::upstream::{Pool, PoolTls};
-use crate::proxy::{self, Hosts, ListenerCtx};
+use crate::proxy::{self, Hosts, ListenerCtx, RoutePool};
 
 /// Refused-handshake log lines per second and worker before they are only counted.
 const REFUSALS_LOGGED_PER_SECOND: u32 = 20;
@@ -177,6 +177,22 @@ impl Listeners {
                 (Rc::new(hosts), 0)
             })
         });
+        // A route's own upstream keeps its pool across a reload like the main one.
+        let routes = plan.routes.map(|target| {
+            target.map(|up| {
+                let kept = previous.and_then(|p| {
+                    p.routes
+                        .iter()
+                        .filter_map(|r| r.target.as_ref())
+                        .find(|r| r.pool.serves(up.addr, None))
+                        .map(|r| r.pool.clone())
+                });
+                Rc::new(RoutePool {
+                    pool: kept.unwrap_or_else(|| Rc::new(Pool::new(up.addr, None))),
+                    host: up.authority.into_bytes(),
+                })
+            })
+        });
         let sites = plan
             .sites
             .into_iter()
@@ -213,6 +229,7 @@ impl Listeners {
             sites,
             hosts,
             strict_sni: plan.strict_sni,
+            routes,
         })
     }
 
@@ -252,9 +269,12 @@ impl Listeners {
     pub(crate) fn clear_pools(&self) {
         for a in &self.active {
             let ctx = a.ctx.borrow();
-            ctx.pool.clear();
-            for site in &ctx.sites {
-                site.pool.clear();
+            let contexts = std::iter::once(&**ctx).chain(ctx.sites.iter().map(Rc::as_ref));
+            for c in contexts {
+                c.pool.clear();
+                for r in c.routes.iter().filter_map(|r| r.target.as_ref()) {
+                    r.pool.clear();
+                }
             }
         }
     }

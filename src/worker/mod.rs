@@ -84,6 +84,8 @@ pub struct ListenerPlan {
     pub site_names: crate::sni::SniMap<usize>,
     /// Unknown or missing SNI fails the handshake instead of getting this plan's own policy.
     pub strict_sni: bool,
+    /// Per-path requirements and upstreams.
+    pub routes: crate::config::RouteTable,
 }
 
 /// Per-worker settings that a reload may change.

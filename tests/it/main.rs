@@ -17,6 +17,7 @@ mod policy;
 mod proxy_in;
 mod proxying;
 mod relay;
+mod routes;
 mod sites;
 mod support;
 mod tcp;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{
-    ClientCertMode, ConfigError, CrlUnknownStatus, FileAllow, FileIdentity, FileListener, Listener,
-    ProxyVersion,
+    ClientCertMode, ConfigError, CrlUnknownStatus, FileAllow, FileIdentity, FileListener,
+    FileRoute, Listener, ProxyVersion,
 };
 use crate::sni::SniMap;
 
@@ -42,6 +42,7 @@ pub(in crate::config) struct FileSite {
     upgrade: Option<Vec<String>>,
     forward: Option<Vec<String>>,
     xfcc_fields: Option<Vec<String>>,
+    route: Option<Vec<FileRoute>>,
 }
 
 /// A site of a listener: its names and its full policy (a `Listener` of its own, with the
@@ -113,6 +114,9 @@ impl FileListener {
         }
         if site.upgrade.is_some() {
             merged.upgrade = site.upgrade.clone();
+        }
+        if let Some(routes) = &site.route {
+            merged.route = routes.clone();
         }
         merged
     }
