@@ -1,12 +1,14 @@
 //! The I/O shell of one client connection: TLS handshake, then HTTP/1.1 exchanges relayed to the
 //! upstream pool. Everything a decision needs comes from the pure modules (`http`, `xfcc`).
 
+mod admit;
 mod buffers;
 mod client;
 pub mod error;
 mod passthrough;
 mod proxy_in;
 mod session;
+mod tally;
 mod tcp;
 mod tls_conn;
 mod tunnel;

@@ -19,20 +19,19 @@ use monoio::io::AsyncWriteRent;
 use monoio::time::Instant;
 use tracing::debug;
 
+use super::admit;
 use super::buffers::{self, PooledBuf, Slot};
 use super::client::Client;
 use super::error::{effect, upstream_kind, ClientError, Effect, ProxyError, UpstreamError};
+use super::tally::{ConnInfo, Tally};
 use super::tls_conn::TlsConn;
 use super::tunnel;
 use super::upstream::{read_up, write_up, ConnectError, Parked, Pool, Upstream};
 use super::ListenerCtx;
-use super::RoutePool;
-use crate::http::path;
 use crate::http::request::{self, upgrade_permitted, Inject, RequestHead};
 use crate::http::response::{self, ResponseHead};
 use crate::http::{self, BodyFramer, Parse};
-use crate::ops::access_log::{self, AccessRecord};
-use crate::policy::routes::{self, Decision};
+use crate::ops::access_log::AccessRecord;
 use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
 
@@ -76,48 +75,6 @@ struct Private {
     /// and no upstream connection can be made for this client).
     preface: Option<Vec<u8>>,
     idle: Option<Parked>,
-}
-
-#[derive(Default)]
-struct Tally {
-    /// When the first byte of the request head arrived; `None` between exchanges.
-    started: Option<StdInstant>,
-    /// The status sent to the client (the app's or our own); 0 when none was sent.
-    status: u16,
-    /// `client.received` when the exchange began.
-    received_before: u64,
-    /// Bytes of a head that did not parse (never consumed, but received).
-    unparsed: u64,
-    bytes_out: u64,
-    /// Request sent to the app → its response head received.
-    upstream: Option<Duration>,
-    /// Method and target as received (only kept for the access log).
-    method: Vec<u8>,
-    target: Vec<u8>,
-}
-
-struct ConnInfo {
-    tls_version: &'static str,
-    resumed: bool,
-    sha256: Option<String>,
-    subject: Option<String>,
-}
-
-impl ConnInfo {
-    fn of(tls: &TlsConn) -> Self {
-        let leaf = tls.peer_certificates().and_then(|chain| chain.first());
-        ConnInfo {
-            tls_version: access_log::tls_version(tls.protocol_version()),
-            resumed: tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-            sha256: leaf
-                .map(|der| String::from_utf8_lossy(&crate::xfcc::sha256_hex(der)).into_owned()),
-            subject: leaf.and_then(|der| {
-                x509_parser::parse_x509_certificate(der)
-                    .ok()
-                    .map(|(_, c)| c.subject().to_string())
-            }),
-        }
-    }
 }
 
 enum Next {
@@ -405,33 +362,9 @@ impl Session {
 
     /// Forwards one request and relays its response.
     async fn exchange(&mut self, head: RequestHead) -> Result<Next, ProxyError> {
-        if let Some((hosts, site)) = &self.ctx.hosts {
-            // Every request, not only the first: a keep-alive or resumed connection must not
-            // reach another site's app under this site's client policy (nginx
-            // CVE-2025-23419). The default site answers only names no site claims.
-            let name = head.host_name(self.client.pending());
-            let name = std::str::from_utf8(name).unwrap_or("");
-            if hosts.site_of(name) != *site {
-                return Err(ClientError::Misdirected.into());
-            }
-        }
-        // Per-path routes: the target's normal form is what is matched and what is sent.
-        let mut normal = Vec::new();
-        let mut rewritten = false;
-        let mut route_pool: Option<Rc<RoutePool>> = None;
-        if !self.ctx.routes.is_empty() {
-            let target = head.target(self.client.pending());
-            let n = path::normalize(target, &mut normal).map_err(ClientError::BadPath)?;
-            if let Some(route) = self.ctx.routes.matching(n.path(target, &normal)) {
-                let leaf = self.client.tls.peer_certificates().and_then(|c| c.first());
-                if let Decision::Forbidden(reason) = routes::decide(route, leaf.map(|c| c.as_ref()))
-                {
-                    return Err(ClientError::Forbidden(reason).into());
-                }
-                route_pool = route.target.clone();
-            }
-            rewritten = n.is_rewritten();
-        }
+        let leaf = self.client.tls.peer_certificates().and_then(|c| c.first());
+        let admitted = admit::admit(&self.ctx, &head, self.client.pending(), leaf)?;
+        let route_pool = admitted.route;
         let mut framer = BodyFramer::request(*head.body());
         if head.expect_continue() && !framer.is_done() {
             let tls = &mut self.client.tls;
@@ -454,7 +387,7 @@ impl Session {
                     .as_ref()
                     .map_or(&self.ctx.upstream_host, |r| &r.host),
                 upgrade,
-                target: rewritten.then_some(&normal[..]),
+                target: admitted.target.as_deref(),
             };
             head.write_upstream(buf, &inject, &mut out);
             (is_idempotent(head.method(buf)), upgrade)
