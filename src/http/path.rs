@@ -110,7 +110,7 @@ pub struct Normalized {
 
 impl Normalized {
     /// Whether the normal form differs from the input (and lives in `out`). When false, `out`
-    /// holds nothing the caller needs and the request can be forwarded with its own target.
+    /// is empty and the request can be forwarded with its own target.
     pub fn is_rewritten(&self) -> bool {
         self.rewritten
     }
@@ -194,6 +194,7 @@ pub fn normalize(target: &[u8], out: &mut Vec<u8>) -> Result<Normalized, PathErr
     let path_end = out.len();
     out.extend_from_slice(&target[query_at..]);
     if out[..] == *target {
+        out.clear();
         return Ok(as_is);
     }
     Ok(Normalized {
