@@ -61,16 +61,22 @@ impl<T> SniMap<T> {
         self.exact.is_empty() && self.wildcard.is_empty()
     }
 
-    /// The value for a server name, if a pattern claims it (exact before wildcard).
+    /// The value for a server name, if a pattern claims it (exact before wildcard). Allocates
+    /// nothing: it runs for every request on a listener with sites (the Host check).
     pub fn route(&self, server_name: &str) -> Option<&T> {
-        let name = normalize(server_name);
-        if let Some((_, up)) = self.exact.iter().find(|(n, _)| *n == name) {
+        let name = server_name.trim();
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if let Some((_, up)) = self
+            .exact
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             return Some(up);
         }
         let (_, parent) = name.split_once('.')?;
         self.wildcard
             .iter()
-            .find(|(base, _)| base == parent)
+            .find(|(base, _)| base.eq_ignore_ascii_case(parent))
             .map(|(_, up)| up)
     }
 
