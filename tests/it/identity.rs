@@ -19,15 +19,7 @@ fn start_with(mode: &'static str, listener: &str) -> Running {
         "{}{listener}\n",
         config_text(&Setup::new(mode).with_ca(), echo.addr)
     );
-    let config = certgate::config::Config::from_toml(&text, &dir).expect("config");
-    let server =
-        certgate::app::start(certgate::app::prepare(config).expect("prepare")).expect("start");
-    Running {
-        addr: server.local_addrs()[0],
-        echo: Some(echo),
-        server: Some(server),
-        dir,
-    }
+    start_toml(dir, &text, Some(echo))
 }
 
 /// Runs identity_check.py on the head the app received, for the Valid client's chain.

@@ -27,16 +27,8 @@ fn start_routes() -> Routed {
         config_text(&Setup::new("accept").with_ca(), main.addr),
         admin = admin.addr,
     );
-    let config = certgate::config::Config::from_toml(&text, &dir).expect("config");
-    let server =
-        certgate::app::start(certgate::app::prepare(config).expect("prepare")).expect("start");
     Routed {
-        running: Running {
-            addr: server.local_addrs()[0],
-            echo: None,
-            server: Some(server),
-            dir,
-        },
+        running: start_toml(dir, &text, None),
         main,
         admin,
     }

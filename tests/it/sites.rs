@@ -64,16 +64,8 @@ fn start_sites(extra: &str) -> Sites {
         plain = plain.addr,
         secure = secure.addr,
     );
-    let config = certgate::config::Config::from_toml(&text, &dir).expect("config");
-    let server =
-        certgate::app::start(certgate::app::prepare(config).expect("prepare")).expect("start");
     Sites {
-        running: Running {
-            addr: server.local_addrs()[0],
-            echo: None,
-            server: Some(server),
-            dir,
-        },
+        running: start_toml(dir, &text, None),
         plain,
         secure,
     }

@@ -176,6 +176,20 @@ pub fn config_text(setup: &Setup, upstream: SocketAddr) -> String {
     )
 }
 
+/// certgate in this process on config `text` (relative paths against `dir`), with `echo` kept
+/// alive as its upstream if given.
+pub fn start_toml(dir: PathBuf, text: &str, echo: Option<EchoApp>) -> Running {
+    let config = certgate::config::Config::from_toml(text, &dir).expect("test config");
+    let server =
+        certgate::app::start(certgate::app::prepare(config).expect("prepare")).expect("start");
+    Running {
+        addr: server.local_addrs()[0],
+        echo,
+        server: Some(server),
+        dir,
+    }
+}
+
 pub fn start(setup: Setup) -> Running {
     let dir = temp_dir(setup.mode);
     write_pki(&dir);
@@ -948,4 +962,47 @@ pub fn admin_toml(port: u16) -> String {
 /// The echo app on a free port.
 pub fn echo_app() -> EchoApp {
     EchoApp::start("127.0.0.1:0".parse().unwrap()).expect("echo app")
+}
+
+/// A Python test peer from `tests/tools/` that prints its port, then one JSON line per
+/// connection it handled (pp_peer.py, up_app.py); killed when dropped.
+pub struct PyPeer {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    pub port: u16,
+}
+
+impl PyPeer {
+    /// Starts `tests/tools/<script>` with `args`.
+    pub fn start(script: &str, args: &[&str]) -> PyPeer {
+        let path = format!("{}/tests/tools/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = std::process::Command::new("python3")
+            .arg(&path)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{script} did not start: {line:?}"));
+        PyPeer { child, out, port }
+    }
+
+    /// The JSON line about the next connection the peer handled.
+    pub fn next(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("a line from the peer");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

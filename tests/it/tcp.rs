@@ -2,46 +2,15 @@
 //! relayed both ways with half-close, and the PROXY header (v1, v2 with TLVs) read back by an
 //! independent parser (tests/tools/pp_peer.py).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{Read, Write};
 
 use crate::support::*;
 
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/pp_peer.py");
+/// The line-echo app behind a PROXY header (tests/tools/pp_peer.py).
+type App = PyPeer;
 
-struct App {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    port: u16,
-}
-
-impl App {
-    fn start() -> App {
-        let mut child = Command::new("python3")
-            .arg(PEER)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("port");
-        let port = line.trim().parse().expect("pp_peer.py did not start");
-        App { child, out, port }
-    }
-
-    /// The PROXY header the app parsed for its next connection.
-    fn header(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        self.out.read_line(&mut line).expect("header line");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn app() -> App {
+    PyPeer::start("pp_peer.py", &[])
 }
 
 /// certgate with one `tcp` listener in front of `app`.
@@ -81,7 +50,7 @@ fn line(tls: &mut Tls) -> String {
 
 #[test]
 fn tcp_listener_relays_a_line_protocol_with_half_close_and_proxy_v2() {
-    let mut app = App::start();
+    let mut app = app();
     let running = front(&app, "require", true, "v2");
     let mut tls = connect(running.addr, client_config(ClientCert::Valid, false));
     tls.write_all(b"hello\nworld\n").unwrap();
@@ -96,7 +65,7 @@ fn tcp_listener_relays_a_line_protocol_with_half_close_and_proxy_v2() {
     let _ = tls.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{rest:?}");
 
-    let h = app.header();
+    let h = app.next();
     let leaf = &pki().client_via_intermediate;
     assert_eq!(h["version"], 2);
     assert_eq!(h["command"], 1, "PROXY, not LOCAL");
@@ -128,13 +97,13 @@ fn tcp_listener_relays_a_line_protocol_with_half_close_and_proxy_v2() {
 
 #[test]
 fn tcp_listener_sends_proxy_v1_with_the_client_address() {
-    let mut app = App::start();
+    let mut app = app();
     let running = front(&app, "ignore", false, "v1");
     let mut tls = connect(running.addr, client_config(ClientCert::None, true));
     tls.write_all(b"ping\n").unwrap();
     tls.flush().unwrap();
     assert_eq!(line(&mut tls), "echo:ping\n");
-    let h = app.header();
+    let h = app.next();
     assert_eq!(h["version"], 1);
     assert_eq!(h["proto"], "TCP4");
     assert_eq!(h["src"], "127.0.0.1");
@@ -144,13 +113,13 @@ fn tcp_listener_sends_proxy_v1_with_the_client_address() {
 
 #[test]
 fn tcp_listener_without_a_certificate_in_accept_mode_says_so_in_v2() {
-    let mut app = App::start();
+    let mut app = app();
     let running = front(&app, "accept", false, "v2");
     let mut tls = connect(running.addr, client_config(ClientCert::None, false));
     tls.write_all(b"x\n").unwrap();
     tls.flush().unwrap();
     assert_eq!(line(&mut tls), "echo:x\n");
-    let h = app.header();
+    let h = app.next();
     assert_eq!(h["ssl_client"], 0x01, "TLS, no certificate");
     assert_eq!(h["ssl_verify"], 1);
     assert!(h.get("cert_der_hex").is_none(), "{h}");
@@ -159,7 +128,7 @@ fn tcp_listener_without_a_certificate_in_accept_mode_says_so_in_v2() {
 
 #[test]
 fn tcp_listener_refuses_a_client_without_a_certificate_in_require_mode() {
-    let app = App::start();
+    let app = app();
     let running = front(&app, "require", true, "v2");
     let mut tls = connect(running.addr, client_config(ClientCert::None, false));
     let _ = tls.write_all(b"x\n");

@@ -5,52 +5,15 @@
 //! one log line), a `tcp` listener over TLS with its PROXY header sent before the handshake,
 //! and an HTTP listener whose clients each get their own upstream connection and header.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
 
 use certgate::pki::{Ca, Issued};
 
 use crate::support::*;
 
-const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/up_app.py");
-
-/// The upstream app, with its one-JSON-line-per-connection report.
-struct App {
-    child: Child,
-    out: BufReader<ChildStdout>,
-    port: u16,
-}
-
-impl App {
-    fn start(args: &[&str]) -> App {
-        let mut child = Command::new("python3")
-            .arg(APP)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("port");
-        let port = line.trim().parse().expect("up_app.py did not start");
-        App { child, out, port }
-    }
-
-    /// What the app saw of its next connection.
-    fn connection(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        self.out.read_line(&mut line).expect("connection line");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The upstream app (tests/tools/up_app.py): one JSON line per connection.
+type App = PyPeer;
 
 /// The app's side of the PKI: its own CA (not the one clients are checked against), its
 /// server certificates, and the client certificate certgate shows it.
@@ -104,7 +67,7 @@ fn tls_app(dir: &Path, cert: &str, extra: &[&str]) -> App {
         key_path.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    App::start(&args)
+    PyPeer::start("up_app.py", &args)
 }
 
 /// certgate in this process with one listener; `listener` is appended to its section.
@@ -115,15 +78,7 @@ fn front(dir: &Path, protocol: &str, listener: &str) -> Running {
          cert = \"server.pem\"\nkey = \"server.key\"\nclient_certificate_mode = \"accept\"\n\
          {listener}\n"
     );
-    let config = certgate::config::Config::from_toml(&text, dir).expect("config");
-    let server =
-        certgate::app::start(certgate::app::prepare(config).expect("prepare")).expect("start");
-    Running {
-        addr: server.local_addrs()[0],
-        echo: None,
-        server: Some(server),
-        dir: dir.to_path_buf(),
-    }
+    start_toml(dir.to_path_buf(), &text, None)
 }
 
 fn dir_with_pki(tag: &str) -> std::path::PathBuf {
@@ -157,7 +112,7 @@ fn https_upstream_carries_requests_and_large_bodies_both_ways_on_one_connection(
         .as_str()
         .unwrap()
         .starts_with("Hash="));
-    let conn = app.connection();
+    let conn = app.next();
     assert_eq!(conn["resumed"], false, "{conn}");
     assert!(conn.get("client_cn").is_none(), "no upstream_cert: {conn}");
 
@@ -199,7 +154,7 @@ fn https_upstream_sessions_resume_across_reconnects() {
         // The app closes after each answer, so every request needs a new TLS connection.
         let r = exchange(&mut tls, &get("/close")).unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        let conn = app.connection();
+        let conn = app.next();
         assert_eq!(conn["resumed"], i > 0, "connection {i}: {conn}");
     }
 }
@@ -220,13 +175,13 @@ fn https_upstream_sees_certgates_client_certificate_when_configured() {
     let running = front(&dir, "http", &with_cert);
     let r = request(running.addr, ClientCert::None, &get("/")).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(app.connection()["client_cn"], "certgate-proxy");
+    assert_eq!(app.next()["client_cn"], "certgate-proxy");
 
     // Without upstream_cert the app refuses the handshake: 502, the app never ran a request.
     let running = front(&dir, "http", &https(app.port));
     let r = request(running.addr, ClientCert::None, &get("/")).unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
-    assert!(app.connection().get("error").is_some());
+    assert!(app.next().get("error").is_some());
 }
 
 /// certgate (the binary) in front of an app it must not trust; returns the status and the
@@ -323,7 +278,7 @@ fn tcp_listener_over_tls_to_the_app_sends_the_proxy_header_before_the_handshake(
     tls.conn.send_close_notify();
     tls.flush().unwrap();
     assert_eq!(line(&mut tls), "bye\n");
-    let conn = app.connection();
+    let conn = app.next();
     assert_eq!(conn["proxy"]["version"], 2, "{conn}");
     assert_eq!(
         conn["proxy"]["sport"],
@@ -335,7 +290,7 @@ fn tcp_listener_over_tls_to_the_app_sends_the_proxy_header_before_the_handshake(
 #[test]
 fn http_listener_with_proxy_protocol_gives_each_client_its_own_upstream_connection() {
     let dir = dir_with_pki("up-pp-http");
-    let mut app = App::start(&["--proxy", "--http"]);
+    let mut app = PyPeer::start("up_app.py", &["--proxy", "--http"]);
     let listener = format!(
         "upstream = \"127.0.0.1:{}\"\nupstream_proxy_protocol = \"v1\"\n",
         app.port
@@ -361,7 +316,7 @@ fn http_listener_with_proxy_protocol_gives_each_client_its_own_upstream_connecti
     assert_ne!(seen[0].1, seen[1].1);
     assert_eq!(seen[2].2, 2);
     assert_eq!(seen[3].2, 2);
-    let first = app.connection();
+    let first = app.next();
     assert_eq!(first["proxy"]["version"], 1, "{first}");
 }
 
