@@ -43,9 +43,10 @@
 //!
 //! # Cost
 //!
-//! Most targets are already normal. [`normalize`] checks that in one pass over the path and
-//! then copies nothing: [`Normalized`] says "use the input as is". Only a target that needs
-//! work is written into the caller's reusable `out`.
+//! Most targets are already normal. For an origin-form target [`normalize`] checks that in
+//! one pass over the path and then copies nothing: [`Normalized`] says "use the input as is".
+//! Any other target is written into the caller's reusable `out` (and `out` cleared again if
+//! that changed nothing).
 
 use std::fmt;
 
@@ -159,6 +160,19 @@ impl fmt::Debug for Normalized {
 /// so the slow path stops allocating after the first request.
 pub fn normalize(target: &[u8], out: &mut Vec<u8>) -> Result<Normalized, PathError> {
     out.clear();
+    // The common case in one pass over the path: origin-form, already normal.
+    if let Some(query_at) = normal_origin_form(target) {
+        if memchr::memchr(b'#', &target[query_at..]).is_some() {
+            return Err(PathError::Fragment);
+        }
+        return Ok(Normalized {
+            rewritten: false,
+            path_start: 0,
+            path_end: query_at,
+            authority_start: 0,
+            authority_end: 0,
+        });
+    }
     if target == b"*" {
         return Ok(Normalized {
             rewritten: false,
@@ -185,9 +199,6 @@ pub fn normalize(target: &[u8], out: &mut Vec<u8>) -> Result<Normalized, PathErr
         authority_start: authority.0,
         authority_end: authority.1,
     };
-    if !path.is_empty() && is_normal(path) {
-        return Ok(as_is);
-    }
 
     out.extend_from_slice(&target[..path_start]);
     normalize_path(path, out)?;
@@ -229,10 +240,12 @@ fn has_prefix_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
 }
 
 /// Byte classes for the fast check: plain bytes need nothing; `/` needs a look at the
-/// segment after it; anything else sends the path to the slow path (which may refuse it).
+/// segment after it; `?` ends the path; anything else (`%`, `\\`, `#`, controls, space, DEL,
+/// non-ASCII) sends the target to the slow path, which may refuse it.
 const PLAIN: u8 = 0;
 const SLASH: u8 = 1;
-const SLOW: u8 = 2;
+const QUERY: u8 = 2;
+const SLOW: u8 = 3;
 
 static CLASS: [u8; 256] = {
     let mut t = [SLOW; 256];
@@ -242,33 +255,38 @@ static CLASS: [u8; 256] = {
         b += 1;
     }
     t[b'/' as usize] = SLASH;
+    t[b'?' as usize] = QUERY;
     t[b'%' as usize] = SLOW;
     t[b'\\' as usize] = SLOW;
+    t[b'#' as usize] = SLOW;
     t
 };
 
-/// Whether a path (starting with `/`, no query) is already in normal form: no escape, no
-/// byte that needs encoding or refusing, no `//`, no `.` or `..` segment.
-fn is_normal(path: &[u8]) -> bool {
-    for (i, b) in path.iter().enumerate() {
-        match CLASS[usize::from(*b)] {
-            PLAIN => {}
-            SLASH => {
-                // The segment after this slash must not be empty (unless it ends the path),
-                // "." or "..".
-                let next = &path[i + 1..];
-                let at = |k: usize| next.get(k).copied();
-                match (at(0), at(1), at(2)) {
-                    (Some(b'/'), _, _) => return false,
-                    (Some(b'.'), None | Some(b'/'), _) => return false,
-                    (Some(b'.'), Some(b'.'), None | Some(b'/')) => return false,
-                    _ => {}
-                }
-            }
-            _ => return false,
-        }
+/// For an origin-form target whose path is already in normal form (no escape, no byte that
+/// needs encoding or refusing, no `//`, no `.` or `..` segment), where its query starts (the
+/// target's length when it has none); `None` for anything else.
+fn normal_origin_form(target: &[u8]) -> Option<usize> {
+    if target.first() != Some(&b'/') {
+        return None;
     }
-    true
+    let at = |k: usize| target.get(k).copied();
+    let ends_segment = |b: Option<u8>| matches!(b, None | Some(b'/' | b'?'));
+    let mut i = 0;
+    while i < target.len() {
+        match CLASS[usize::from(target[i])] {
+            PLAIN => {}
+            SLASH => match at(i + 1) {
+                Some(b'/') => return None,
+                Some(b'.') if ends_segment(at(i + 2)) => return None,
+                Some(b'.') if at(i + 2) == Some(b'.') && ends_segment(at(i + 3)) => return None,
+                _ => {}
+            },
+            QUERY => return Some(i),
+            _ => return None,
+        }
+        i += 1;
+    }
+    Some(target.len())
 }
 
 /// Writes the normal form of `path` (empty, or starting with `/`) to `out`.
@@ -335,11 +353,20 @@ fn push_escape(b: u8, out: &mut Vec<u8>) {
 }
 
 /// Appends one path segment (no `/` in it) in normal form: unreserved escapes decoded, other
-/// escapes uppercased, non-ASCII bytes encoded, forbidden bytes refused.
+/// escapes uppercased, non-ASCII bytes encoded, forbidden bytes refused. Runs of plain bytes
+/// are copied whole.
 fn decode_segment(seg: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
     let mut i = 0;
     while i < seg.len() {
-        let b = seg[i];
+        let run = seg[i..]
+            .iter()
+            .position(|b| CLASS[usize::from(*b)] != PLAIN)
+            .unwrap_or(seg.len() - i);
+        out.extend_from_slice(&seg[i..i + run]);
+        i += run;
+        let Some(&b) = seg.get(i) else {
+            break;
+        };
         match b {
             b'%' => {
                 let (Some(hi), Some(lo)) = (
@@ -357,14 +384,18 @@ fn decode_segment(seg: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
                     _ => push_escape(v, out),
                 }
                 i += 3;
-                continue;
             }
             b'\\' => return Err(PathError::Backslash),
             0..=0x20 | 0x7f => return Err(PathError::ControlByte),
-            0x80..=0xff => push_escape(b, out),
-            _ => out.push(b),
+            0x80..=0xff => {
+                push_escape(b, out);
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
         }
-        i += 1;
     }
     Ok(())
 }

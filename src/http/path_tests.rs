@@ -194,6 +194,13 @@ fn query_is_kept_verbatim() {
     assert_eq!(path(b"/a/../b?x=/admin/"), "/b");
     // A `?` ends the path, so an escape in the query is never decoded or checked.
     ok("/%61?%61", "/a?%61");
+    // A dot segment or empty segment right before the query.
+    ok("/a/.?x", "/a/?x");
+    ok("/a/..?x", "/?x");
+    ok("/a//?x", "/a/?x");
+    ok("/a/...?x", "/a/...?x");
+    err(b"/..?x", PathError::AboveRoot);
+    err(b"/a?x#", PathError::Fragment);
 }
 
 #[test]
