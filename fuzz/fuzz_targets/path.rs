@@ -60,6 +60,9 @@ fn decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
         if b == b'\\' {
             return Err(PathError::Backslash);
         }
+        if b == b';' {
+            return Err(PathError::PathParameter);
+        }
         if b <= b' ' || b == 0x7f {
             return Err(PathError::ControlByte);
         }

@@ -28,8 +28,9 @@
 //!   9112 §3.2), and an upstream that cut the path at `#` would route on a shorter path than
 //!   we did. The request parser forwards `#` untouched, so this is the first place it is seen.
 //!
-//! `;` path parameters are ordinary path characters here (`/admin;x/y` does not match the
-//! prefix `/admin/`); see the routing docs for what that means for Java upstreams.
+//! A raw `;` (a path parameter) is refused: servlet containers strip `;…` from every segment
+//! before routing, so `/public/..;/admin/x` would reach `/admin/x` there while matching no
+//! `/admin/` rule here. `%3B` stays an escape (those containers split on the raw byte).
 //!
 //! # Forms of request-target
 //!
@@ -72,6 +73,8 @@ pub enum PathError {
     EncodedNul,
     #[error("path climbs above the root (..)")]
     AboveRoot,
+    #[error("path parameter (;) in a routed path")]
+    PathParameter,
 }
 
 impl PathError {
@@ -92,6 +95,7 @@ impl PathError {
             PathError::EncodedBackslash => "encoded backslash (%5C) in path",
             PathError::EncodedNul => "encoded NUL (%00) in path",
             PathError::AboveRoot => "path climbs above the root (..)",
+            PathError::PathParameter => "path parameter (;) in a routed path",
         }
     }
 }
@@ -258,6 +262,7 @@ static CLASS: [u8; 256] = {
     t[b'?' as usize] = QUERY;
     t[b'%' as usize] = SLOW;
     t[b'\\' as usize] = SLOW;
+    t[b';' as usize] = SLOW;
     t[b'#' as usize] = SLOW;
     t
 };
@@ -386,6 +391,10 @@ fn decode_segment(seg: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
+            // Servlet containers (Tomcat, Jetty) strip `;` parameters from every segment before
+            // routing, so `/admin;x/secret` and `/public/..;/admin` reach `/admin/...` there
+            // while no prefix here would match: refused, like `%2F`.
+            b';' => return Err(PathError::PathParameter),
             0..=0x20 | 0x7f => return Err(PathError::ControlByte),
             0x80..=0xff => {
                 push_escape(b, out);

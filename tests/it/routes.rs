@@ -130,6 +130,8 @@ fn targets_that_cannot_be_normalized_safely_are_400() {
         "/a/../../admin/x",
         "/a%zz",
         "/a%4",
+        "/public/..;/admin/x",
+        "/admin;x/secret",
     ] {
         let (code, _) = status(&r, ClientCert::Valid, target);
         assert_eq!(code, 400, "{target}");
