@@ -365,8 +365,22 @@ fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - line_start + 1;
+            // A bad value (`proxy_protocol = "v3"`): serde names the value, not the key; the
+            // key is what the line starts with.
+            let key = text[line_start..]
+                .split('\n')
+                .next()
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| {
+                    !k.is_empty() && !k.starts_with('[') && span.start > line_start + k.len()
+                });
+            match key {
+                Some(key) => format!("line {line}, column {column}: `{key}`: {message}"),
+                None => format!("line {line}, column {column}: {message}"),
+            }
         }
         None => message,
     };

@@ -711,3 +711,12 @@ fn files_include_every_site_s_files() {
         "127.0.0.1:8443/a.example.com"
     );
 }
+
+#[test]
+fn a_bad_enum_value_names_its_key() {
+    let e = err(&format!("{MINIMAL}proxy_protocol = \"v3\"\n"));
+    assert!(e.contains("`proxy_protocol`") && e.contains("v3"), "{e}");
+    // An unknown key is named by serde already; no key is guessed for it twice.
+    let e = err(&format!("{MINIMAL}no_such_key = 1\n"));
+    assert!(e.contains("no_such_key"), "{e}");
+}

@@ -414,8 +414,25 @@ pub fn header_values(head: &str, name: &str) -> Vec<String> {
 
 /// A local address on which nothing listens.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    local(reserve_port())
+}
+
+/// A port for a test to listen on (or to find nothing on), that no other test of this run is
+/// handed. Not from bind(0): that hands out ephemeral ports, which the kernel may give the
+/// next bind(0) of a parallel test or an outgoing connection, and certgate listens with
+/// SO_REUSEPORT, so two tests handed one port would share it silently (and one's exit would
+/// reset the other's connections). These come from a block below the ephemeral range
+/// (32768+), one block per test process, each checked free when handed out.
+pub fn reserve_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const BLOCK: usize = 1000;
+    let base = 10_000 + (std::process::id() as usize % 20) * BLOCK;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % BLOCK) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Kills the child when a test fails, so no certgate outlives its test (or holds its pipes).
@@ -946,12 +963,9 @@ pub fn scrape(admin: SocketAddr) -> Scrape {
     Scrape::parse(&resp.text())
 }
 
-/// `N` distinct ports on 127.0.0.1 that were free a moment ago (all held until all are picked).
+/// `N` distinct ports on 127.0.0.1 for this test alone (see [`reserve_port`]).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    std::array::from_fn(|_| reserve_port())
 }
 
 /// An `[admin]` section on 127.0.0.1:`port`.
