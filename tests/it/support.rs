@@ -412,6 +412,20 @@ pub fn header_values(head: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// One line (up to and including `\n`) of decrypted bytes, read byte by byte so nothing after
+/// it is consumed.
+pub fn read_line(tls: &mut Tls) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while tls.read(&mut byte).expect("read") == 1 {
+        got.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8(got).unwrap()
+}
+
 /// A local address on which nothing listens.
 pub fn dead_addr() -> SocketAddr {
     local(reserve_port())

@@ -36,18 +36,6 @@ fn front(app: &App, mode: &str, ca: bool, proxy: &str) -> Running {
     }
 }
 
-fn line(tls: &mut Tls) -> String {
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while tls.read(&mut byte).expect("read") == 1 {
-        got.push(byte[0]);
-        if byte[0] == b'\n' {
-            break;
-        }
-    }
-    String::from_utf8(got).unwrap()
-}
-
 #[test]
 fn tcp_listener_relays_a_line_protocol_with_half_close_and_proxy_v2() {
     let mut app = app();
@@ -55,12 +43,12 @@ fn tcp_listener_relays_a_line_protocol_with_half_close_and_proxy_v2() {
     let mut tls = connect(running.addr, client_config(ClientCert::Valid, false));
     tls.write_all(b"hello\nworld\n").unwrap();
     tls.flush().unwrap();
-    assert_eq!(line(&mut tls), "echo:hello\n");
-    assert_eq!(line(&mut tls), "echo:world\n");
+    assert_eq!(read_line(&mut tls), "echo:hello\n");
+    assert_eq!(read_line(&mut tls), "echo:world\n");
     // Half-close: our close_notify becomes the app's EOF, and its last words still arrive.
     tls.conn.send_close_notify();
     tls.flush().unwrap();
-    assert_eq!(line(&mut tls), "bye\n");
+    assert_eq!(read_line(&mut tls), "bye\n");
     let mut rest = Vec::new();
     let _ = tls.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{rest:?}");
@@ -102,7 +90,7 @@ fn tcp_listener_sends_proxy_v1_with_the_client_address() {
     let mut tls = connect(running.addr, client_config(ClientCert::None, true));
     tls.write_all(b"ping\n").unwrap();
     tls.flush().unwrap();
-    assert_eq!(line(&mut tls), "echo:ping\n");
+    assert_eq!(read_line(&mut tls), "echo:ping\n");
     let h = app.next();
     assert_eq!(h["version"], 1);
     assert_eq!(h["proto"], "TCP4");
@@ -118,7 +106,7 @@ fn tcp_listener_without_a_certificate_in_accept_mode_says_so_in_v2() {
     let mut tls = connect(running.addr, client_config(ClientCert::None, false));
     tls.write_all(b"x\n").unwrap();
     tls.flush().unwrap();
-    assert_eq!(line(&mut tls), "echo:x\n");
+    assert_eq!(read_line(&mut tls), "echo:x\n");
     let h = app.next();
     assert_eq!(h["ssl_client"], 0x01, "TLS, no certificate");
     assert_eq!(h["ssl_verify"], 1);

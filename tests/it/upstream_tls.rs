@@ -5,7 +5,7 @@
 //! one log line), a `tcp` listener over TLS with its PROXY header sent before the handshake,
 //! and an HTTP listener whose clients each get their own upstream connection and header.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use certgate::pki::{Ca, Issued};
@@ -252,18 +252,6 @@ fn https_upstream_with_the_wrong_server_name_is_a_502() {
     assert!(line.contains("not valid for name"), "{line}");
 }
 
-fn line(tls: &mut Tls) -> String {
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while tls.read(&mut byte).expect("read") == 1 {
-        got.push(byte[0]);
-        if byte[0] == b'\n' {
-            break;
-        }
-    }
-    String::from_utf8(got).unwrap()
-}
-
 #[test]
 fn tcp_listener_over_tls_to_the_app_sends_the_proxy_header_before_the_handshake() {
     let dir = dir_with_pki("up-tcp");
@@ -273,11 +261,11 @@ fn tcp_listener_over_tls_to_the_app_sends_the_proxy_header_before_the_handshake(
     let mut tls = connect(running.addr, client_config(ClientCert::Valid, false));
     tls.write_all(b"over tls\n").unwrap();
     tls.flush().unwrap();
-    assert_eq!(line(&mut tls), "echo:over tls\n");
+    assert_eq!(read_line(&mut tls), "echo:over tls\n");
     // Half-close travels as close_notify + FIN to the app, whose last words still arrive.
     tls.conn.send_close_notify();
     tls.flush().unwrap();
-    assert_eq!(line(&mut tls), "bye\n");
+    assert_eq!(read_line(&mut tls), "bye\n");
     let conn = app.next();
     assert_eq!(conn["proxy"]["version"], 2, "{conn}");
     assert_eq!(
