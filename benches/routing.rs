@@ -82,10 +82,7 @@ fn routing(c: &mut Criterion) {
         let pats: Vec<String> = pats.iter().map(|p| p.to_string()).collect();
         names.add(&pats, i).unwrap();
     }
-    let hosts = Hosts {
-        names,
-        strict: false,
-    };
+    let hosts = Hosts { names };
     let raw: &[u8] =
         b"GET /api/v1/items HTTP/1.1\r\nHost: Billing.Internal.Example.com:8443\r\nAccept: */*\r\n\r\n";
     let head = match parse_request(raw, &Limits::default()) {

@@ -571,11 +571,11 @@ fn split_scheme(upstream: &str) -> Result<(bool, String), String> {
     })
 }
 
-/// The host of `host:port` (IPv6 without its brackets).
+/// The host of `host:port` (IPv6 without its brackets), for a TLS server name.
 fn host_of(authority: &str) -> &str {
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority, |(host, _)| host);
+    let host = crate::http::request::strip_port(authority.as_bytes());
+    // `strip_port` returns a prefix of its input: still UTF-8, at a char boundary.
+    let host = &authority[..host.len()];
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)

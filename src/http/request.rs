@@ -96,7 +96,7 @@ const KNOWN: [(&[u8], u8); 18] = [
 
 /// `host[:port]` → `host`; `[v6]:port` → `[v6]`. A userinfo part (`user@host`) is not valid in
 /// `Host` and never names a site, so it is left in place.
-fn strip_port(authority: &[u8]) -> &[u8] {
+pub fn strip_port(authority: &[u8]) -> &[u8] {
     if authority.first() == Some(&b'[') {
         let end = authority
             .iter()

@@ -98,7 +98,6 @@ pub struct RoutePool {
 #[derive(Debug)]
 pub struct Hosts {
     pub names: crate::sni::SniMap<usize>,
-    pub strict: bool,
 }
 
 impl Hosts {

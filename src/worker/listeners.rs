@@ -172,7 +172,6 @@ impl Listeners {
             (!plan.sites.is_empty()).then(|| {
                 let hosts = Hosts {
                     names: plan.site_names.clone(),
-                    strict: plan.strict_sni,
                 };
                 (Rc::new(hosts), 0)
             })

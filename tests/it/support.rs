@@ -13,7 +13,7 @@ use std::time::Duration;
 use certgate::demo::echo::EchoApp;
 use certgate::pki::{self, Ca, Issued};
 use certgate::worker::Server;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// Every certificate the tests need, made once per test binary.
@@ -226,28 +226,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A rustls client config presenting `cert`; TLS 1.3 unless `tls12`.
 pub fn client_config(cert: ClientCert, tls12: bool) -> Arc<ClientConfig> {
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
-        &[&rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13]
-    };
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots());
-    let mut config = match cert {
-        ClientCert::None => builder.with_no_client_auth(),
-        c => {
-            let chain = c.chain();
-            let certs: Vec<CertificateDer<'static>> =
-                chain.iter().map(|i| i.cert_der.clone()).collect();
-            builder
-                .with_client_auth_cert(certs, chain[0].key_der.clone_key())
-                .unwrap()
-        }
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    client_config_for(&cert.chain(), tls12, false)
 }
 
 pub type Tls = StreamOwned<ClientConnection, TcpStream>;
