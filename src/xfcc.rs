@@ -82,10 +82,21 @@ pub fn header_line_with(
     fields: &Fields,
     names: &Names<'_>,
 ) -> Option<Vec<u8>> {
+    build(chain, fields, names, true)
+}
+
+fn build(
+    chain: &[CertificateDer<'_>],
+    fields: &Fields,
+    names: &Names<'_>,
+    whole_line: bool,
+) -> Option<Vec<u8>> {
     let leaf = chain.first()?;
-    let mut out = Vec::with_capacity(capacity(chain, true));
-    out.extend_from_slice(HEADER_NAME.as_bytes());
-    out.extend_from_slice(b": ");
+    let mut out = Vec::with_capacity(capacity(chain, whole_line));
+    if whole_line {
+        out.extend_from_slice(HEADER_NAME.as_bytes());
+        out.extend_from_slice(b": ");
+    }
     let mut sep = "";
     let mut pair = |out: &mut Vec<u8>, key: &str| {
         out.extend_from_slice(sep.as_bytes());
@@ -110,6 +121,10 @@ pub fn header_line_with(
         out.push(b'"');
     }
     if fields.chain {
+        // Why leaf first: Envoy puts every presented certificate, leaf included, into Chain,
+        // and real parsers of this header (e.g. npm client-certificate-auth's parseXfcc) take
+        // Chain's first block as the leaf. Azure's docs call Chain "the intermediates", but
+        // following them would break those parsers; Envoy's bytes are what Azure sends.
         pair(&mut out, "Chain");
         out.push(b'"');
         for cert in chain {
@@ -142,7 +157,9 @@ pub fn header_line_with(
             }
         }
     }
-    out.extend_from_slice(b"\r\n");
+    if whole_line {
+        out.extend_from_slice(b"\r\n");
+    }
     Some(out)
 }
 
@@ -174,38 +191,12 @@ fn push_san(out: &mut Vec<u8>, value: &str) {
 /// already passes nginx's 8 KiB default field limit. The caller compares it with its limits;
 /// this function never truncates.
 pub fn header_line(chain: &[CertificateDer<'_>]) -> Option<Vec<u8>> {
-    build(chain, true)
+    build(chain, &Fields::default(), &Names::default(), true)
 }
 
 /// The header value alone (no name, no CRLF); `None` for an empty chain.
 pub fn header_value(chain: &[CertificateDer<'_>]) -> Option<Vec<u8>> {
-    build(chain, false)
-}
-
-fn build(chain: &[CertificateDer<'_>], whole_line: bool) -> Option<Vec<u8>> {
-    let leaf = chain.first()?;
-    let mut out = Vec::with_capacity(capacity(chain, whole_line));
-    if whole_line {
-        out.extend_from_slice(HEADER_NAME.as_bytes());
-        out.extend_from_slice(b": ");
-    }
-    out.extend_from_slice(b"Hash=");
-    out.extend_from_slice(&sha256_hex(leaf));
-    out.extend_from_slice(b";Cert=\"");
-    push_encoded_pem(&mut out, leaf);
-    // Why leaf first: Envoy puts every presented certificate, leaf included, into Chain, and
-    // real parsers of this header (e.g. npm client-certificate-auth's parseXfcc) take Chain's
-    // first block as the leaf. Azure's docs call Chain "the intermediates", but following them
-    // would break those parsers; Envoy's bytes are what Azure actually sends.
-    out.extend_from_slice(b"\";Chain=\"");
-    for cert in chain {
-        push_encoded_pem(&mut out, cert);
-    }
-    out.push(b'"');
-    if whole_line {
-        out.extend_from_slice(b"\r\n");
-    }
-    Some(out)
+    build(chain, &Fields::default(), &Names::default(), false)
 }
 
 /// Bytes to reserve so that building the header normally allocates once.
