@@ -14,6 +14,7 @@ use std::future::Future;
 use std::ops::{Deref, DerefMut};
 
 use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::AsyncReadRent;
 
 /// Every pooled buffer has this capacity: one TLS record of plaintext plus slack for headers.
 pub const BUF_CAPACITY: usize = 16 * 1024 + 1024;
@@ -123,6 +124,18 @@ impl Slot {
         let (result, buf) = io(buf).await;
         self.0 = buf;
         result
+    }
+
+    /// Replaces the buffer's contents with one read from `r` (the ciphertext reads of both TLS
+    /// streams). `Ok(0)` at EOF. A cancelled read leaves the slot empty (see [`Slot::lend`]).
+    pub async fn refill<R: AsyncReadRent>(&mut self, r: &mut R) -> std::io::Result<usize> {
+        self.lend(|mut buf| async move {
+            buf.clear();
+            let cap = buf.capacity();
+            let (res, slice) = r.read(buf.slice_mut(0..cap)).await;
+            (res, Some(slice.into_inner()))
+        })
+        .await
     }
 
     /// Returns the buffer to the pool whatever it holds (the caller has consumed it).

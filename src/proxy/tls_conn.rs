@@ -176,16 +176,7 @@ impl TlsConn {
     async fn feed(&mut self) -> io::Result<usize> {
         if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
-            let tcp = &mut self.tcp;
-            let n = self
-                .rx
-                .lend(|mut buf| async move {
-                    buf.clear();
-                    let cap = buf.capacity();
-                    let (res, slice) = tcp.read(buf.slice_mut(0..cap)).await;
-                    (res, Some(slice.into_inner()))
-                })
-                .await?;
+            let n = self.rx.refill(&mut self.tcp).await?;
             if n == 0 {
                 self.tls.read_tls(&mut io::empty())?;
                 return Ok(0);

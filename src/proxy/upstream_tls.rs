@@ -208,17 +208,8 @@ impl TlsReadHalf {
     async fn feed(&mut self) -> io::Result<()> {
         if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
-            let tcp = &mut self.tcp;
             self.broken = true;
-            let n = self
-                .rx
-                .lend(|mut buf| async move {
-                    buf.clear();
-                    let cap = buf.capacity();
-                    let (res, slice) = tcp.read(buf.slice_mut(0..cap)).await;
-                    (res, Some(slice.into_inner()))
-                })
-                .await?;
+            let n = self.rx.refill(&mut self.tcp).await?;
             self.broken = false;
             if n == 0 {
                 // rustls learns of the EOF: its reader then says whether close_notify came
