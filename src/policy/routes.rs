@@ -148,6 +148,15 @@ impl<T> Routes<T> {
         }
     }
 
+    /// [`Routes::matching`] with the route's position in [`Routes::iter`] order, for callers
+    /// that keep a per-connection verdict per route.
+    pub fn matching_at(&self, normalized_path: &[u8]) -> Option<(usize, &Route<T>)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| normalized_path.starts_with(r.path_prefix.as_bytes()))
+    }
+
     /// The routes in matching order (longest prefix first).
     pub fn iter(&self) -> impl Iterator<Item = &Route<T>> {
         self.routes.iter()
@@ -182,11 +191,23 @@ pub enum Decision {
 /// it when the list has names, so a caller on the request path may remember the decision
 /// per route for the connection.
 pub fn decide<T>(route: &Route<T>, client_cert_leaf: Option<&[u8]>) -> Decision {
-    match (client_cert_leaf, &route.allow) {
-        (None, _) if route.required => Decision::Forbidden(CERT_REQUIRED),
-        (None, _) => Decision::Forward,
-        (Some(leaf), Some(allow)) if !allow.admits(leaf) => Decision::Forbidden(CERT_NOT_ALLOWED),
-        (Some(_), _) => Decision::Forward,
+    decide_known(route, client_cert_leaf.map(|leaf| admits(route, leaf)))
+}
+
+/// Whether `leaf` passes `route`'s `allow` (any certificate passes a route without one). The
+/// same for every request of a connection: the exchange loop works it out once per route
+/// and connection, since a name allowlist parses the certificate.
+pub fn admits<T>(route: &Route<T>, leaf: &[u8]) -> bool {
+    route.allow.as_ref().is_none_or(|allow| allow.admits(leaf))
+}
+
+/// [`decide`] with the certificate's verdict already known: `None` when the client sent no
+/// certificate, else whether it passes the route's `allow` (see [`admits`]).
+pub fn decide_known<T>(route: &Route<T>, certificate: Option<bool>) -> Decision {
+    match certificate {
+        None if route.required => Decision::Forbidden(CERT_REQUIRED),
+        None | Some(true) => Decision::Forward,
+        Some(false) => Decision::Forbidden(CERT_NOT_ALLOWED),
     }
 }
 

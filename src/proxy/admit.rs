@@ -22,13 +22,23 @@ pub(super) struct Admitted {
     pub(super) route: Option<Rc<RoutePool>>,
 }
 
-/// Checks `head` (its bytes in `buf`) against the context's sites and routes. `leaf` is the
-/// connection's client certificate, if any.
+/// Each route's verdict on a connection's client certificate, worked out once per connection
+/// ([`routes::admits`] parses the certificate for a name allowlist). `None`: no certificate.
+pub(super) fn route_verdicts(
+    ctx: &ListenerCtx,
+    leaf: Option<&CertificateDer<'_>>,
+) -> Option<Box<[bool]>> {
+    let leaf = leaf?;
+    Some(ctx.routes.iter().map(|r| routes::admits(r, leaf)).collect())
+}
+
+/// Checks `head` (its bytes in `buf`) against the context's sites and routes. `verdicts` is
+/// [`route_verdicts`] for the connection.
 pub(super) fn admit(
     ctx: &ListenerCtx,
     head: &RequestHead,
     buf: &[u8],
-    leaf: Option<&CertificateDer<'_>>,
+    verdicts: Option<&[bool]>,
 ) -> Result<Admitted, ClientError> {
     if let Some((hosts, site)) = &ctx.hosts {
         // Every request, not only the first: a keep-alive or resumed connection must not
@@ -47,8 +57,9 @@ pub(super) fn admit(
     let mut normal = Vec::new();
     let n = path::normalize(target, &mut normal).map_err(ClientError::BadPath)?;
     let mut route = None;
-    if let Some(matched) = ctx.routes.matching(n.path(target, &normal)) {
-        if let Decision::Forbidden(reason) = routes::decide(matched, leaf.map(|c| c.as_ref())) {
+    if let Some((i, matched)) = ctx.routes.matching_at(n.path(target, &normal)) {
+        let certificate = verdicts.map(|v| v.get(i).copied().unwrap_or(false));
+        if let Decision::Forbidden(reason) = routes::decide_known(matched, certificate) {
             return Err(ClientError::Forbidden(reason));
         }
         route = matched.target.clone();

@@ -64,6 +64,8 @@ pub struct Session {
     info: Option<Box<ConnInfo>>,
     /// With `upstream_proxy_protocol`, this client's own upstream connection (see `Private`).
     private: Option<Box<Private>>,
+    /// Each route's verdict on the client certificate (`None`: none presented), made once.
+    route_verdicts: Option<Box<[bool]>>,
 }
 
 /// An HTTP listener that sends a PROXY header cannot share upstream connections between
@@ -119,6 +121,8 @@ impl Session {
             .access_log
             .is_some()
             .then(|| Box::new(ConnInfo::of(&tls)));
+        let route_verdicts =
+            admit::route_verdicts(&ctx, tls.peer_certificates().and_then(|c| c.first()));
         let private = (ctx.upstream_proxy_protocol != ProxyVersion::Off).then(|| {
             let preface = super::tcp::preface(&tls, (peer, local), &ctx)
                 .inspect_err(|e| debug!(listener = %ctx.name, %peer, "{e}"))
@@ -144,6 +148,7 @@ impl Session {
             tally: Tally::default(),
             info,
             private,
+            route_verdicts,
         }
     }
 
@@ -362,8 +367,8 @@ impl Session {
 
     /// Forwards one request and relays its response.
     async fn exchange(&mut self, head: RequestHead) -> Result<Next, ProxyError> {
-        let leaf = self.client.tls.peer_certificates().and_then(|c| c.first());
-        let admitted = admit::admit(&self.ctx, &head, self.client.pending(), leaf)?;
+        let verdicts = self.route_verdicts.as_deref();
+        let admitted = admit::admit(&self.ctx, &head, self.client.pending(), verdicts)?;
         let route_pool = admitted.route;
         let mut framer = BodyFramer::request(*head.body());
         if head.expect_continue() && !framer.is_done() {
