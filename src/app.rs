@@ -170,6 +170,7 @@ fn plan(
         verifies_clients: listener.client_ca.is_some(),
         protocol: listener.protocol,
         upstream_proxy_protocol: listener.upstream_proxy_protocol,
+        upstream_protocol: listener.upstream_protocol,
         proxy_in: listener.proxy_in.clone(),
         passthrough: listener.passthrough.clone(),
         upstream_tls,

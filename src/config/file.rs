@@ -76,6 +76,16 @@ struct FileLimits {
     max_headers: Option<usize>,
     max_connections_per_worker: Option<usize>,
     max_client_cert_chain: Option<usize>,
+    h2_max_concurrent_streams: Option<usize>,
+    h2_max_header_list_bytes: Option<usize>,
+    h2_initial_window: Option<usize>,
+    h2_connection_window: Option<usize>,
+}
+
+/// A configured count as the `u32` HTTP/2 settings carry (values above are refused by the
+/// range checks, which see the original).
+fn clamp_u32(value: Option<usize>) -> Option<u32> {
+    value.map(|v| u32::try_from(v).unwrap_or(u32::MAX))
 }
 
 /// A duration value: a string with a unit, parsed by humantime. `key` is the dotted path.
@@ -304,7 +314,55 @@ impl FileLimits {
             max_client_cert_chain: self
                 .max_client_cert_chain
                 .unwrap_or(d.max_client_cert_chain),
+            // Range-checked below, before the narrowing casts matter.
+            h2_max_concurrent_streams: clamp_u32(self.h2_max_concurrent_streams)
+                .unwrap_or(d.h2_max_concurrent_streams),
+            h2_max_header_list_bytes: clamp_u32(
+                self.h2_max_header_list_bytes
+                    .or(self.max_request_header_bytes),
+            )
+            .unwrap_or(d.h2_max_header_list_bytes),
+            h2_initial_window: clamp_u32(self.h2_initial_window).unwrap_or(d.h2_initial_window),
+            h2_connection_window: clamp_u32(self.h2_connection_window)
+                .unwrap_or(d.h2_connection_window),
         };
+        // RFC 9113 §6.9.1: a window above 2^31-1 is a protocol error; 65535 is the smallest
+        // initial window the protocol starts from.
+        const MAX_WINDOW: usize = (1 << 31) - 1;
+        let h2_checks = [
+            (
+                "h2_max_concurrent_streams",
+                self.h2_max_concurrent_streams,
+                1,
+                1 << 20,
+            ),
+            (
+                "h2_max_header_list_bytes",
+                self.h2_max_header_list_bytes,
+                MIN_REQUEST_HEADER_BYTES,
+                1 << 24,
+            ),
+            (
+                "h2_initial_window",
+                self.h2_initial_window,
+                65535,
+                MAX_WINDOW,
+            ),
+            (
+                "h2_connection_window",
+                self.h2_connection_window,
+                65535,
+                MAX_WINDOW,
+            ),
+        ];
+        for (name, value, min, max) in h2_checks {
+            if let Some(value) = value.filter(|v| !(min..=max).contains(v)) {
+                return Err(ConfigError::invalid(
+                    format!("limits.{name}"),
+                    format!("{value} is out of range: must be between {min} and {max}"),
+                ));
+            }
+        }
         let checks = [
             ("max_headers", limits.max_headers, 1, MAX_HEADERS_CEILING),
             (

@@ -13,7 +13,10 @@ pub use site::Site;
 
 mod route;
 mod site;
-use super::{ClientCertMode, ConfigError, ListenerProtocol, ProxyAccept, ProxyIn, ProxyVersion};
+use super::{
+    ClientCertMode, ConfigError, ListenerProtocol, ProxyAccept, ProxyIn, ProxyVersion,
+    UpstreamProtocol,
+};
 use crate::cidr::Cidr;
 use crate::identity::{self, Format, Forwarding};
 use crate::policy::allow::{self, AllowList};
@@ -75,6 +78,10 @@ pub struct Listener {
     /// `[[listener.route]]`: per-path requirements, longest prefix first. With routes, every
     /// request's path is normalized before matching and forwarded in its normal form.
     pub routes: RouteTable,
+    /// `alpn`: the protocols offered, in order (`h2`, `http/1.1`); empty on `tcp` listeners.
+    pub alpn: Vec<Vec<u8>>,
+    /// `upstream_protocol`: HTTP/1.1 (pooled) or HTTP/2 with prior knowledge (multiplexed).
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 /// TLS to the upstream (`upstream = "https://host:port"`).
@@ -130,6 +137,8 @@ pub(super) struct FileListener {
     strict_sni: Option<bool>,
     #[serde(default)]
     route: Vec<FileRoute>,
+    alpn: Option<Vec<String>>,
+    upstream_protocol: Option<UpstreamProtocol>,
 }
 
 /// `[listener.allow]`.
@@ -243,6 +252,22 @@ impl FileListener {
             }
         };
         let proxy_in = proxy_in(self.proxy_protocol, self.proxy_protocol_from, &key)?;
+        let alpn = alpn(self.alpn.as_deref(), self.protocol, &key)?;
+        let upstream_protocol = self.upstream_protocol.unwrap_or_default();
+        if upstream_protocol == UpstreamProtocol::H2c {
+            let conflict = if self.protocol == ListenerProtocol::Tcp {
+                Some("applies to protocol = \"http\" listeners only")
+            } else if upstream_tls.is_some() {
+                Some("h2c is HTTP/2 over plain TCP: use an http:// (or bare host:port) upstream")
+            } else if self.upstream_proxy_protocol != ProxyVersion::Off {
+                Some("h2c connections are shared by every client of a worker, so they cannot carry one client's PROXY header: use upstream_protocol = \"http1\" with upstream_proxy_protocol")
+            } else {
+                None
+            };
+            if let Some(message) = conflict {
+                return Err(ConfigError::invalid(key("upstream_protocol"), message));
+            }
+        }
         let mut passthrough = SniRoutes::default();
         for (i, entry) in self.passthrough.iter().enumerate() {
             let field = |f: &str| key(&format!("passthrough[{i}].{f}"));
@@ -286,6 +311,8 @@ impl FileListener {
             site_names: SniMap::default(),
             strict_sni,
             routes,
+            alpn,
+            upstream_protocol,
         })
         .and_then(|mut listener| {
             if let Some(base) = base {
@@ -621,4 +648,49 @@ fn resolve(authority: &str) -> Result<SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| "the name resolved to no addresses".to_owned())
+}
+
+/// `alpn`: the protocols an HTTP listener offers; by default HTTP/2 first, then HTTP/1.1 (what
+/// nginx, Envoy and HAProxy offer with HTTP/2 on). A `tcp` listener relays whatever the client
+/// speaks and offers none.
+fn alpn(
+    list: Option<&[String]>,
+    protocol: ListenerProtocol,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let list = match (list, protocol) {
+        (None, ListenerProtocol::Http) => return Ok(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
+        (None, ListenerProtocol::Tcp) => return Ok(Vec::new()),
+        (Some(_), ListenerProtocol::Tcp) => return Err(ConfigError::invalid(
+            key("alpn"),
+            "applies to protocol = \"http\" listeners only (a tcp listener relays any protocol)",
+        )),
+        (Some(list), ListenerProtocol::Http) => list,
+    };
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(list.len());
+    for name in list {
+        let name = name.trim();
+        if name != "h2" && name != "http/1.1" {
+            return Err(ConfigError::invalid(
+                key("alpn"),
+                format!(
+                    "{name:?} is not a protocol certgate serves: use \"h2\" and/or \"http/1.1\""
+                ),
+            ));
+        }
+        if out.iter().any(|n| n == name.as_bytes()) {
+            return Err(ConfigError::invalid(
+                key("alpn"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        out.push(name.as_bytes().to_vec());
+    }
+    if out.is_empty() {
+        return Err(ConfigError::invalid(
+            key("alpn"),
+            "must list at least one protocol",
+        ));
+    }
+    Ok(out)
 }

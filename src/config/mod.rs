@@ -175,6 +175,15 @@ pub struct Limits {
     pub max_connections_per_worker: usize,
     /// Longer client chains fail the handshake.
     pub max_client_cert_chain: usize,
+    /// HTTP/2: streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: largest decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE); by default the
+    /// same budget as `max_request_header_bytes`.
+    pub h2_max_header_list_bytes: u32,
+    /// HTTP/2: each stream's receive window, bytes a client may send ahead of our reading.
+    pub h2_initial_window: u32,
+    /// HTTP/2: the connection's receive window, shared by its streams.
+    pub h2_connection_window: u32,
 }
 
 impl Default for Limits {
@@ -184,6 +193,10 @@ impl Default for Limits {
             max_headers: 100,
             max_connections_per_worker: 10000,
             max_client_cert_chain: 5,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 65536,
+            h2_initial_window: 256 * 1024,
+            h2_connection_window: 1024 * 1024,
         }
     }
 }
@@ -197,6 +210,17 @@ pub enum ListenerProtocol {
     Http,
     /// The decrypted stream relayed to the upstream both ways; identity in the PROXY header.
     Tcp,
+}
+
+/// `listener.upstream_protocol`: how HTTP requests reach the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over the keep-alive pool; HTTP/2 requests are translated.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP, multiplexed (gRPC needs it: trailers).
+    H2c,
 }
 
 /// Why the configuration could not be loaded. Each variant names what to fix.

@@ -116,6 +116,11 @@ fn full_file_parses_with_every_value() {
             max_headers: 64,
             max_connections_per_worker: 500,
             max_client_cert_chain: 3,
+            // Defaults, the header list budget following max_request_header_bytes.
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 8192,
+            h2_initial_window: 256 * 1024,
+            h2_connection_window: 1024 * 1024,
         }
     );
     assert_eq!(c.worker_count(), 4);

@@ -25,6 +25,7 @@
 
 pub mod body;
 pub mod chunked;
+pub mod h2;
 pub mod path;
 pub mod request;
 pub mod response;

@@ -122,6 +122,32 @@ fn classify(name: &[u8]) -> u8 {
     OTHER
 }
 
+/// What the proxy does with a request field of this name, for the HTTP/2 → h2c path, which
+/// rewrites field lists rather than heads (same table as [`RequestHead::write_upstream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Forwarded as it is.
+    Keep,
+    /// `host`: becomes (or must agree with) `:authority`.
+    Host,
+    /// Merged into the proxy's own `x-forwarded-for`.
+    ForwardedFor,
+    /// Merged into the proxy's own `forwarded`.
+    Forwarded,
+    /// Never forwarded: hop-by-hop, proxy-managed, identity, or an `_` spelling of those.
+    Drop,
+}
+
+pub(crate) fn role(name: &[u8]) -> Role {
+    match classify(name) {
+        OTHER | CONTENT_LENGTH => Role::Keep,
+        HOST => Role::Host,
+        X_FORWARDED_FOR => Role::ForwardedFor,
+        FORWARDED => Role::Forwarded,
+        _ => Role::Drop,
+    }
+}
+
 /// A parsed request head. Holds only offsets into the buffer it was parsed from; pass the same
 /// buffer back to the accessors that take one.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -174,6 +174,28 @@ impl ResponseHead {
     }
 }
 
+impl ResponseHead {
+    /// The fields an HTTP/2 client receives (RFC 9113 §8.2.2): everything `write_client` would
+    /// forward except the connection-specific ones (`connection` and what it lists,
+    /// `keep-alive`, `transfer-encoding`, `upgrade`, ...) and `content-length`, which the
+    /// caller writes from [`Self::content_length`] in canonical form.
+    pub fn end_to_end<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = (&'b [u8], &'b [u8])> {
+        self.fields.iter().filter_map(move |f| {
+            let name = f.name.get(buf);
+            let listed = self.connection_lists_names
+                && connection_may_remove(name)
+                && listed_in_connection(buf, &self.fields, CONNECTION, name);
+            (f.kind == OTHER && !listed).then(|| (name, f.value.get(buf)))
+        })
+    }
+
+    /// The body's length as the client should be told it (none for 1xx and 204).
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+            .filter(|_| !self.is_informational() && self.status != 204)
+    }
+}
+
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

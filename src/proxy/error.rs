@@ -35,6 +35,12 @@ pub enum ClientError {
     BadHead(HttpError),
     #[error("bad request body: {0}")]
     BadBody(ChunkError),
+    /// An HTTP/2 request that RFC 9113 calls malformed (§8.1.1).
+    #[error("malformed HTTP/2 request: {0}")]
+    Malformed(crate::http::h2::Malformed),
+    /// The client's HTTP/2 stream failed (reset, or its connection went).
+    #[error("client HTTP/2 stream: {0}")]
+    Stream(h2::Error),
 }
 
 /// The app (or the way to it) broke the exchange.
@@ -58,6 +64,9 @@ pub enum UpstreamError {
     BadBody(ChunkError),
     #[error("upstream closed in the middle of a response")]
     Truncated,
+    /// The h2c upstream's connection or stream failed.
+    #[error("upstream HTTP/2: {0}")]
+    H2(h2::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +85,11 @@ pub enum Effect {
     /// Send `403 Forbidden` with this one-line reason, then close.
     Forbidden(&'static str),
     /// Close the connection without another byte: either nothing useful can be said, or part of
-    /// a response was already sent and a clean-looking end would be a lie.
+    /// a response was already sent and a clean-looking end would be a lie. On HTTP/2, the
+    /// stream is reset (INTERNAL_ERROR, or CANCEL when the client went first).
     Close,
+    /// HTTP/2 only: the request was malformed, a stream error of type PROTOCOL_ERROR.
+    Malformed,
 }
 
 /// The single place that maps failures onto the wire.
@@ -87,7 +99,11 @@ pub fn effect(err: &ProxyError, response_started: bool) -> Effect {
     }
     match err {
         ProxyError::Client(e) => match e {
-            ClientError::Io(_) | ClientError::Aborted | ClientError::BodyTimeout => Effect::Close,
+            ClientError::Io(_)
+            | ClientError::Aborted
+            | ClientError::BodyTimeout
+            | ClientError::Stream(_) => Effect::Close,
+            ClientError::Malformed(_) => Effect::Malformed,
             ClientError::HeadTimeout => Effect::Respond(408),
             ClientError::Misdirected => Effect::Respond(421),
             ClientError::BadPath(_) => Effect::Respond(400),
@@ -99,7 +115,8 @@ pub fn effect(err: &ProxyError, response_started: bool) -> Effect {
             UpstreamError::Connect(_)
             | UpstreamError::Io(_)
             | UpstreamError::ClosedEarly
-            | UpstreamError::BadHead(_) => Effect::Respond(502),
+            | UpstreamError::BadHead(_)
+            | UpstreamError::H2(_) => Effect::Respond(502),
             UpstreamError::Timeout | UpstreamError::WriteStalled => Effect::Respond(504),
             // Before the response started these cannot happen (they are body errors); a 502
             // is still the truthful answer if they ever do.
@@ -120,9 +137,10 @@ pub fn upstream_kind(err: &ProxyError) -> Option<UpstreamErrorKind> {
             UpstreamErrorKind::Timeout
         }
         UpstreamError::BadHead(_) | UpstreamError::BadBody(_) => UpstreamErrorKind::Invalid,
-        UpstreamError::Io(_) | UpstreamError::ClosedEarly | UpstreamError::Truncated => {
-            UpstreamErrorKind::Closed
-        }
+        UpstreamError::Io(_)
+        | UpstreamError::ClosedEarly
+        | UpstreamError::Truncated
+        | UpstreamError::H2(_) => UpstreamErrorKind::Closed,
     })
 }
 

@@ -5,6 +5,7 @@ mod admit;
 mod buffers;
 mod client;
 pub mod error;
+mod h2;
 mod passthrough;
 mod proxy_in;
 mod session;
@@ -34,6 +35,7 @@ use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
 use crate::worker::Shutdown;
 
+pub use h2::{H2Limits, H2cPool};
 pub use tls_conn::TlsConn;
 
 /// How long a refused handshake may go on sending before its socket closes.
@@ -71,6 +73,11 @@ pub struct ListenerCtx {
     pub protocol: ListenerProtocol,
     /// The PROXY header a `tcp` listener sends first to the upstream.
     pub upstream_proxy_protocol: ProxyVersion,
+    /// `upstream_protocol = "h2c"`: this worker's multiplexed connections to the upstream
+    /// (every request goes there, whatever protocol the client speaks).
+    pub h2c: Option<Rc<H2cPool>>,
+    /// HTTP/2 settings for clients that negotiate `h2`.
+    pub h2: H2Limits,
     /// Server names relayed to their own upstream without termination (spliced).
     pub passthrough: crate::sni::SniRoutes,
     /// Which sources must start with a PROXY header, and which versions are taken.
@@ -223,6 +230,9 @@ pub async fn serve(tcp: TcpStream, socket_peer: SocketAddr, ctx: Rc<ListenerCtx>
         "TLS connection established"
     );
     match ctx.protocol {
+        ListenerProtocol::Http if tls.alpn_protocol() == Some(b"h2") => {
+            h2::serve(tls, peer, local, ctx).await
+        }
         ListenerProtocol::Http => session::Session::new(tls, peer, local, ctx).run().await,
         ListenerProtocol::Tcp => tcp::serve(tls, peer, local, ctx).await,
     }
@@ -372,6 +382,8 @@ mod tests {
                 verifies_clients: false,
                 protocol: ListenerProtocol::Http,
                 upstream_proxy_protocol: ProxyVersion::Off,
+                h2c: None,
+                h2: H2Limits::default(),
                 passthrough: crate::sni::SniRoutes::default(),
                 sites: Vec::new(),
                 hosts: None,

@@ -304,7 +304,7 @@ impl Session {
                 tls.linger_close(LINGER).await;
             }
             // Truncated on purpose: no close_notify after a partial response.
-            Effect::Close => {}
+            Effect::Close | Effect::Malformed => {}
         }
     }
 

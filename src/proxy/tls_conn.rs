@@ -129,6 +129,16 @@ impl TlsConn {
             || matches!(self.tls.reader().fill_buf(), Ok(b) if !b.is_empty())
     }
 
+    /// Takes the connection apart for a poll-driven protocol (HTTP/2): the socket, the rustls
+    /// connection (with any plaintext it has decrypted) and the ciphertext read ahead but not
+    /// yet handed to rustls, which must be fed before anything new is read from the socket.
+    pub fn into_parts(mut self) -> (TcpStream, ServerConnection, Vec<u8>) {
+        let ahead = self.rx.get_ref()[self.rx_pos.min(self.rx.get_ref().len())..].to_vec();
+        self.rx.release();
+        self.tx.release_if_empty();
+        (self.tcp, self.tls, ahead)
+    }
+
     /// Waits until the socket is readable without holding a buffer (idle keep-alive). Cancelling
     /// this wait loses nothing: no bytes are taken from the kernel.
     pub async fn readable(&self) -> io::Result<()> {

@@ -19,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::prelude::FromDer;
 
-use crate::config::{ClientCertMode, Listener, ListenerProtocol};
+use crate::config::{ClientCertMode, Listener};
 
 /// ALPN: certgate speaks HTTP/1.1 to clients only.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -243,12 +243,10 @@ pub fn server_config_with(
         .filter_map(|leaf| crate::ops::metrics::cert_not_after(leaf))
         .min();
     let mut config = builder.with_cert_resolver(Arc::new(certs::ByKeyType(served)));
-    // A `tcp` listener relays whatever protocol the client speaks: it offers no ALPN, so a
-    // client that offers its own (e.g. `postgresql`) is not refused for a missing overlap.
-    config.alpn_protocols = match listener.protocol {
-        ListenerProtocol::Http => vec![ALPN_HTTP11.to_vec()],
-        ListenerProtocol::Tcp => Vec::new(),
-    };
+    // A `tcp` listener relays whatever protocol the client speaks: it offers no ALPN (the
+    // list is empty), so a client that offers its own (e.g. `postgresql`) is not refused for
+    // a missing overlap.
+    config.alpn_protocols = listener.alpn.clone();
     // The server picks the suite (rustls' order: AES-256-GCM, AES-128-GCM, ChaCha20): every
     // suite offered is a strong AEAD, but scanners rightly expect a server-side order.
     config.ignore_client_order = true;

@@ -166,6 +166,13 @@ impl Listeners {
                 });
                 Rc::new(Pool::new(plan.upstream, tls))
             });
+        // An h2c upstream: one multiplexed pool per worker, kept across a reload like `pool`.
+        let h2c = (plan.upstream_protocol == crate::config::UpstreamProtocol::H2c).then(|| {
+            previous
+                .and_then(|p| p.h2c.clone())
+                .filter(|p| p.addr() == plan.upstream)
+                .unwrap_or_else(|| Rc::new(crate::proxy::H2cPool::new(plan.upstream)))
+        });
         // A listener with sites: every request's Host must belong to the site the handshake
         // chose (the listener's own policy is site 0).
         let hosts = hosts.or_else(|| {
@@ -221,6 +228,8 @@ impl Listeners {
             verifies_clients: plan.verifies_clients,
             protocol: plan.protocol,
             upstream_proxy_protocol: plan.upstream_proxy_protocol,
+            h2c,
+            h2: settings.h2,
             proxy_in: plan.proxy_in,
             passthrough: plan.passthrough,
             tunnel_idle: settings.timeouts.tunnel_idle,

@@ -72,6 +72,8 @@ pub struct ListenerPlan {
     pub verifies_clients: bool,
     pub protocol: crate::config::ListenerProtocol,
     pub upstream_proxy_protocol: crate::proxy_header::ProxyVersion,
+    /// HTTP/1.1 (pooled) or h2c (multiplexed) to the upstream.
+    pub upstream_protocol: crate::config::UpstreamProtocol,
     /// Which sources must send a PROXY header first.
     pub proxy_in: crate::proxy_header::inbound::ProxyIn,
     /// Server names relayed without termination.
@@ -95,6 +97,8 @@ pub struct Settings {
     pub limits: Limits,
     pub max_connections: usize,
     pub access_log: AccessLogFormat,
+    /// HTTP/2 settings offered to clients.
+    pub h2: crate::proxy::H2Limits,
 }
 
 impl Settings {
@@ -107,6 +111,12 @@ impl Settings {
             },
             max_connections: config.limits.max_connections_per_worker,
             access_log: config.log.access,
+            h2: crate::proxy::H2Limits {
+                max_concurrent_streams: config.limits.h2_max_concurrent_streams,
+                max_header_list_bytes: config.limits.h2_max_header_list_bytes,
+                initial_window: config.limits.h2_initial_window,
+                connection_window: config.limits.h2_connection_window,
+            },
         }
     }
 }

@@ -43,6 +43,8 @@ pub(in crate::config) struct FileSite {
     forward: Option<Vec<String>>,
     xfcc_fields: Option<Vec<String>>,
     route: Option<Vec<FileRoute>>,
+    alpn: Option<Vec<String>>,
+    upstream_protocol: Option<super::UpstreamProtocol>,
 }
 
 /// A site of a listener: its names and its full policy (a `Listener` of its own, with the
@@ -84,6 +86,7 @@ impl FileListener {
         }
         if let Some(upstream) = &site.upstream {
             merged.upstream = upstream.clone();
+            merged.upstream_protocol = site.upstream_protocol;
             merged.upstream_ca = site.upstream_ca.clone();
             merged.upstream_server_name = site.upstream_server_name.clone();
             merged.upstream_cert = site.upstream_cert.clone();
@@ -114,6 +117,12 @@ impl FileListener {
         }
         if site.upgrade.is_some() {
             merged.upgrade = site.upgrade.clone();
+        }
+        if site.alpn.is_some() {
+            merged.alpn = site.alpn.clone();
+        }
+        if site.upstream.is_none() && site.upstream_protocol.is_some() {
+            merged.upstream_protocol = site.upstream_protocol;
         }
         if let Some(routes) = &site.route {
             merged.route = routes.clone();

@@ -1,0 +1,215 @@
+//! The client's TLS stream in the poll-based shape the `h2` crate drives (tokio's
+//! `AsyncRead`/`AsyncWrite` traits, no tokio runtime): the rustls connection the handshake
+//! made, over monoio's poll-io view of the same socket.
+//!
+//! Why not `tokio-rustls`: it can only make its stream by running the handshake itself, and
+//! the handshake here already ran on `TlsConn` (io_uring, SNI-chosen sites, the refusal log).
+//! So this is the small adapter tokio-rustls also is: rustls reads ciphertext straight from
+//! the socket (no intermediate buffer), decrypts in its own buffer, and seals writes into its
+//! outgoing queue, which goes to the socket as the socket takes it. Ciphertext `TlsConn` had
+//! read ahead of the handshake's end is fed first, so nothing the client sent early is lost.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use monoio::io::poll_io::{AsyncRead, AsyncWrite, ReadBuf};
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
+use rustls::ServerConnection;
+
+pub struct TlsIo {
+    tcp: TcpStreamPoll,
+    tls: ServerConnection,
+    /// Ciphertext read before the switch, not yet given to rustls.
+    ahead: Vec<u8>,
+    ahead_pos: usize,
+    /// close_notify queued (by `poll_shutdown`).
+    closing: bool,
+}
+
+impl TlsIo {
+    pub fn new(tcp: TcpStreamPoll, tls: ServerConnection, ahead: Vec<u8>) -> Self {
+        TlsIo {
+            tcp,
+            tls,
+            ahead,
+            ahead_pos: 0,
+            closing: false,
+        }
+    }
+
+    /// Writes queued records until rustls has none left or the socket would block.
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.tls.wants_write() {
+            let mut sink = PollWriter {
+                tcp: &mut self.tcp,
+                cx,
+            };
+            match self.tls.write_tls(&mut sink) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Hands rustls more ciphertext: the read-ahead first, then the socket. `Ready(Ok(0))` at
+    /// the socket's EOF.
+    fn poll_feed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let n = if self.ahead_pos < self.ahead.len() {
+            let mut pending = &self.ahead[self.ahead_pos..];
+            let n = self.tls.read_tls(&mut pending)?;
+            self.ahead_pos += n;
+            if self.ahead_pos >= self.ahead.len() {
+                self.ahead = Vec::new();
+                self.ahead_pos = 0;
+            }
+            n
+        } else {
+            let mut source = PollReader {
+                tcp: &mut self.tcp,
+                cx,
+            };
+            match self.tls.read_tls(&mut source) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        };
+        if let Err(e) = self.tls.process_new_packets() {
+            // rustls queued the alert that says why; a best effort to send it.
+            let _ = self.poll_flush_tls(cx);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.tls.reader().read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    // 0: close_notify received, a clean end of the stream.
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // EOF without close_notify: for h2, whose frames say where they end, the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match this.poll_feed(cx) {
+                Poll::Ready(Ok(0)) => {
+                    // rustls learns of the EOF from an empty read; the next read reports it.
+                    this.tls.read_tls(&mut io::empty())?;
+                }
+                Poll::Ready(Ok(_)) => {
+                    if this.tls.wants_write() {
+                        // Post-handshake answers (KeyUpdate): sent as the socket allows.
+                        if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // rustls' outgoing queue is bounded (its buffer limit): what it cannot take waits for
+        // the socket, which is the backpressure h2 sees.
+        let mut n = this.tls.writer().write(data)?;
+        if n == 0 && !data.is_empty() {
+            if this.poll_flush_tls(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+            n = this.tls.writer().write(data)?;
+        }
+        // Start sending now; what the socket does not take yet goes on the next call.
+        if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.tls.writer().flush()?;
+        this.poll_flush_tls(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closing {
+            this.tls.send_close_notify();
+            this.closing = true;
+        }
+        if this.poll_flush_tls(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+/// `io::Read` over the poll-io socket for rustls' `read_tls`: `Pending` becomes `WouldBlock`
+/// (the waker is registered by then).
+struct PollReader<'a, 'b> {
+    tcp: &'a mut TcpStreamPoll,
+    cx: &'a mut Context<'b>,
+}
+
+impl Read for PollReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.tcp).poll_read(self.cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+/// `io::Write` over the poll-io socket for rustls' `write_tls` (see [`PollReader`]).
+struct PollWriter<'a, 'b> {
+    tcp: &'a mut TcpStreamPoll,
+    cx: &'a mut Context<'b>,
+}
+
+impl Write for PollWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match Pin::new(&mut *self.tcp).poll_write(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.tcp).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
