@@ -87,6 +87,19 @@ impl BodyFramer {
         Self { state }
     }
 
+    /// A request body whose data alone goes on (to an HTTP/2 upstream, which frames it in DATA
+    /// frames): a chunked body is de-chunked, its trailers dropped.
+    pub fn request_data(body: RequestBody) -> Self {
+        let state = match body {
+            RequestBody::None | RequestBody::Length(0) => State::Done,
+            RequestBody::Length(n) => State::Length(n),
+            RequestBody::Chunked => {
+                State::Chunked(ChunkedDecoder::new(MAX_TRAILER_BYTES), Chunks::Dechunk)
+            }
+        };
+        Self { state }
+    }
+
     /// A response body on its way to the client; `client_http10` clients get chunked bodies
     /// de-chunked.
     pub fn response(body: ResponseBody, client_http10: bool) -> Self {

@@ -181,6 +181,13 @@ impl RequestHead {
     }
 
     /// HTTP/1.1: unless `Connection: close`; HTTP/1.0: only with `Connection: keep-alive`.
+    /// The fields as received, name and value.
+    pub fn fields<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = (&'b [u8], &'b [u8])> {
+        self.fields
+            .iter()
+            .map(move |f| (f.name.get(buf), f.value.get(buf)))
+    }
+
     pub fn keep_alive(&self) -> bool {
         self.keep_alive
     }

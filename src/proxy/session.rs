@@ -370,6 +370,9 @@ impl Session {
         let verdicts = self.route_verdicts.as_deref();
         let admitted = admit::admit(&self.ctx, &head, self.client.pending(), verdicts)?;
         let route_pool = admitted.route;
+        if let (Some(pool), None) = (self.ctx.h2c.clone(), &route_pool) {
+            return Box::pin(self.exchange_h2c(&pool, head, admitted.target)).await;
+        }
         let mut framer = BodyFramer::request(*head.body());
         if head.expect_continue() && !framer.is_done() {
             let tls = &mut self.client.tls;
@@ -809,3 +812,6 @@ fn is_idempotent(method: &[u8]) -> bool {
         b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
     )
 }
+
+#[path = "session_h2c.rs"]
+mod h2c;

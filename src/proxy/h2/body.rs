@@ -11,7 +11,7 @@ use h2::{RecvStream, SendStream};
 
 /// Why a send did not complete.
 #[derive(Debug)]
-pub(super) enum SendFailed {
+pub(in crate::proxy) enum SendFailed {
     /// The stream or connection failed (the peer reset it, or went away).
     Stream(h2::Error),
     /// The peer's window stayed closed for the whole stall limit (a reader that never reads).
@@ -19,7 +19,7 @@ pub(super) enum SendFailed {
 }
 
 /// Sends `data` (then END_STREAM if `end`) as the peer's window allows.
-pub(super) async fn send_all(
+pub(in crate::proxy) async fn send_all(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
@@ -49,7 +49,7 @@ pub(super) async fn send_all(
 
 /// The next chunk of a received body (`None` at its end), its window released as it is
 /// taken: the caller passes it on before asking for the next.
-pub(super) async fn next_chunk(
+pub(in crate::proxy) async fn next_chunk(
     body: &mut RecvStream,
     stall: Duration,
 ) -> Result<Option<Bytes>, RecvFailed> {
@@ -66,7 +66,7 @@ pub(super) async fn next_chunk(
 
 /// Why a receive did not complete.
 #[derive(Debug)]
-pub(super) enum RecvFailed {
+pub(in crate::proxy) enum RecvFailed {
     Stream(h2::Error),
     Stalled,
 }

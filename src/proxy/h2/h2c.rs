@@ -28,6 +28,7 @@ use super::Conn;
 use crate::http::h2::{upstream_fields, Forwarding};
 use crate::proxy::error::{ClientError, ProxyError, UpstreamError};
 use crate::proxy::upstream::ConnectError;
+use crate::proxy::ListenerCtx;
 
 /// Connections per worker to one h2c upstream; each carries as many streams as the upstream
 /// allows (gRPC servers allow 100 or more).
@@ -52,16 +53,27 @@ impl H2cPool {
 
     /// A connection ready for one more stream: a pooled one with room, else a new one (while
     /// under the cap), else the first to get room.
-    async fn sender(&self, conn: &Conn) -> Result<SendRequest<Bytes>, UpstreamError> {
+    async fn sender(&self, ctx: &ListenerCtx) -> Result<SendRequest<Bytes>, UpstreamError> {
         if let Some(ready) = self.pooled() {
             return ready;
         }
-        let limit = conn.ctx.timeouts.upstream_connect;
-        let sender = monoio::time::timeout(limit, self.connect(conn))
+        let limit = ctx.timeouts.upstream_connect;
+        let sender = monoio::time::timeout(limit, self.connect(ctx))
             .await
             .map_err(|_| UpstreamError::Connect(ConnectError::Timeout(limit)))??;
         self.conns.borrow_mut().push(sender.clone());
         sender.ready().await.map_err(UpstreamError::H2)
+    }
+
+    /// Opens a stream for `request` (`end`: no body follows) on a pooled or new connection.
+    pub(in crate::proxy) async fn open(
+        &self,
+        ctx: &ListenerCtx,
+        request: Request<()>,
+        end: bool,
+    ) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), UpstreamError> {
+        let mut sender = self.sender(ctx).await?;
+        sender.send_request(request, end).map_err(UpstreamError::H2)
     }
 
     /// A pooled connection with room for a stream now; failed ones leave the pool. `None`
@@ -87,7 +99,7 @@ impl H2cPool {
         (conns.len() >= MAX_CONNECTIONS).then(|| Ok(conns[0].clone()))
     }
 
-    async fn connect(&self, conn: &Conn) -> Result<SendRequest<Bytes>, UpstreamError> {
+    async fn connect(&self, ctx: &ListenerCtx) -> Result<SendRequest<Bytes>, UpstreamError> {
         let tcp = TcpStream::connect_addr(self.addr)
             .await
             .map_err(|e| UpstreamError::Connect(ConnectError::Tcp(e)))?;
@@ -95,7 +107,7 @@ impl H2cPool {
         let io = tcp
             .try_into_poll_io()
             .map_err(|(e, _)| UpstreamError::Connect(ConnectError::Tcp(e)))?;
-        let limits = conn.ctx.h2;
+        let limits = ctx.h2;
         let (sender, connection) = h2::client::Builder::new()
             .initial_window_size(limits.initial_window)
             .initial_connection_window_size(limits.connection_window)
@@ -181,11 +193,8 @@ pub(super) async fn forward(
         headers.append(name.clone(), value.clone());
     }
 
-    let mut sender = pool.sender(conn).await?;
     let end = body.is_end_stream();
-    let (response, mut up_send) = sender
-        .send_request(request, end)
-        .map_err(UpstreamError::H2)?;
+    let (response, mut up_send) = pool.open(ctx, request, end).await?;
     let started = monoio::time::Instant::now();
     // Streams may idle as long as a tunnel may (a gRPC stream waits for messages).
     let stall = ctx.timeouts.tunnel_idle;

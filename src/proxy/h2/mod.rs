@@ -29,6 +29,7 @@ use http::{HeaderName, HeaderValue, Response, StatusCode};
 use monoio::time::Instant;
 use tracing::debug;
 
+pub(super) use body::{next_chunk, send_all, RecvFailed, SendFailed};
 pub use h2c::H2cPool;
 
 use super::error::{effect, upstream_kind, Effect, ProxyError};
@@ -168,7 +169,7 @@ pub(super) struct Done<'a> {
 
 /// The prebuilt identity block as HTTP/2 fields (names lowercased by `HeaderName`). Made once
 /// per connection; a line that is not a valid field (it never is) is left out.
-fn identity_fields(block: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+pub(super) fn identity_fields(block: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
     block
         .split(|b| *b == b'\n')
         .filter_map(|line| {
