@@ -160,6 +160,9 @@ struct ListenerBlock {
     statuses: Box<[Slot]>,
     request_time: Histogram,
     upstream_errors: [Slot; UpstreamErrorKind::ALL.len()],
+    /// Client connections that negotiated HTTP/2, and those cut off for abuse.
+    h2_connections: Slot,
+    h2_abuse: Slot,
 }
 
 impl ListenerBlock {
@@ -173,6 +176,8 @@ impl ListenerBlock {
             statuses: slots(STATUS_SLOTS),
             request_time: Histogram::new(REQUEST_BUCKETS_NS),
             upstream_errors: Default::default(),
+            h2_connections: Slot::default(),
+            h2_abuse: Slot::default(),
         }
     }
 }
@@ -257,6 +262,22 @@ impl WorkerMetrics {
     pub fn upstream_error(&self, l: usize, kind: UpstreamErrorKind) {
         if let Some(b) = self.listener(l) {
             b.upstream_errors[kind as usize].add(1);
+        }
+    }
+
+    /// A client connection negotiated HTTP/2.
+    #[inline]
+    pub fn h2_connection(&self, l: usize) {
+        if let Some(b) = self.listener(l) {
+            b.h2_connections.add(1);
+        }
+    }
+
+    /// An HTTP/2 client was cut off with GOAWAY ENHANCE_YOUR_CALM (it reset too many streams).
+    #[inline]
+    pub fn h2_abuse(&self, l: usize) {
+        if let Some(b) = self.listener(l) {
+            b.h2_abuse.add(1);
         }
     }
 

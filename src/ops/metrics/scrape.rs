@@ -82,6 +82,8 @@ struct ListenerTotals {
     statuses: Vec<u64>,
     request_time: HistogramTotals,
     upstream_errors: [u64; UpstreamErrorKind::ALL.len()],
+    h2_connections: u64,
+    h2_abuse: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +136,8 @@ impl ListenerTotals {
             statuses: vec![0; STATUS_SLOTS],
             request_time: HistogramTotals::new(REQUEST_BUCKETS_NS),
             upstream_errors: [0; UpstreamErrorKind::ALL.len()],
+            h2_connections: 0,
+            h2_abuse: 0,
         }
     }
 
@@ -147,6 +151,8 @@ impl ListenerTotals {
         add_slots(&mut self.statuses, &b.statuses);
         self.request_time.add_live(&b.request_time);
         add_slots(&mut self.upstream_errors, &b.upstream_errors);
+        self.h2_connections = self.h2_connections.wrapping_add(b.h2_connections.get());
+        self.h2_abuse = self.h2_abuse.wrapping_add(b.h2_abuse.get());
     }
 
     fn add(&mut self, t: &ListenerTotals) {
@@ -158,6 +164,8 @@ impl ListenerTotals {
         add_all(&mut self.statuses, &t.statuses);
         self.request_time.add(&t.request_time);
         add_all(&mut self.upstream_errors, &t.upstream_errors);
+        self.h2_connections = self.h2_connections.wrapping_add(t.h2_connections);
+        self.h2_abuse = self.h2_abuse.wrapping_add(t.h2_abuse);
     }
 }
 
@@ -358,6 +366,26 @@ impl Collector for Snapshot {
                     )
                 })
             }),
+        )?;
+        family(
+            &mut e,
+            "certgate_http2_connections",
+            "Client connections that negotiated HTTP/2 (ALPN h2).",
+            Counter,
+            ls.iter().map(|(n, t)| {
+                (
+                    [("listener", n.as_str())],
+                    ConstCounter::new(t.h2_connections),
+                )
+            }),
+        )?;
+        family(
+            &mut e,
+            "certgate_http2_abuse",
+            "HTTP/2 client connections cut off with GOAWAY ENHANCE_YOUR_CALM for resetting too many streams (rapid reset).",
+            Counter,
+            ls.iter()
+                .map(|(n, t)| ([("listener", n.as_str())], ConstCounter::new(t.h2_abuse))),
         )?;
         family::<[(&str, &str); 0], _>(
             &mut e,

@@ -32,7 +32,7 @@ use tracing::debug;
 pub(super) use body::{next_chunk, send_all, RecvFailed, SendFailed};
 pub use h2c::H2cPool;
 
-use super::error::{effect, upstream_kind, Effect, ProxyError};
+use super::error::{effect, upstream_kind, ClientError, Effect, ProxyError};
 use super::tally::ConnInfo;
 use super::upstream::Parked;
 use super::{admit, ListenerCtx, TlsConn};
@@ -67,6 +67,11 @@ const MAX_FRAME: u32 = 16 * 1024;
 /// Locally reset streams a client may cause before GOAWAY (malformed requests, our resets):
 /// a client that makes us reset in a loop is cut off like a rapid-reset client.
 const MAX_LOCAL_RESETS: usize = 200;
+/// Streams the client may cancel before being cut off, beyond one per stream it let finish:
+/// gRPC clients cancel calls as a matter of course, but a client that cancels nearly every
+/// stream it opens (rapid reset, CVE-2023-44487) makes us start work it never takes. `h2`
+/// itself only bounds resets of streams not yet accepted; ours are accepted at once.
+const RESET_ALLOWANCE: u32 = 100;
 
 /// What every stream of one connection shares: made once, after the handshake.
 pub(super) struct Conn {
@@ -85,6 +90,9 @@ pub(super) struct Conn {
     /// connections (never shared with another client, see `session::Private`).
     pub(super) preface: Option<Vec<u8>>,
     pub(super) private_idle: RefCell<Vec<Parked>>,
+    /// Streams the client reset (or abandoned) before their end, and streams that ended.
+    cancelled: Cell<u32>,
+    finished: Cell<u32>,
 }
 
 impl Conn {
@@ -119,9 +127,16 @@ impl Conn {
             info,
             preface,
             private_idle: RefCell::new(Vec::new()),
+            cancelled: Cell::new(0),
+            finished: Cell::new(0),
             peer,
             ctx,
         }
+    }
+
+    /// Whether the client cancels far more streams than it lets finish (rapid reset).
+    fn resets_too_often(&self) -> bool {
+        self.cancelled.get() > RESET_ALLOWANCE.saturating_add(self.finished.get())
     }
 
     /// Counts one finished stream and writes its access-log line (as `session` does for an
@@ -189,6 +204,7 @@ pub(super) async fn serve(
     local: Option<SocketAddr>,
     ctx: Rc<ListenerCtx>,
 ) {
+    ctx.metrics.h2_connection(ctx.index);
     let conn = Rc::new(Conn::new(&tls, peer, local, ctx.clone()));
     let (tcp, rustls, ahead) = tls.into_parts();
     let tcp = match tcp.try_into_poll_io() {
@@ -246,6 +262,13 @@ pub(super) async fn serve(
         monoio::select! {
             next = h2.accept() => match next {
                 Some(Ok((request, respond))) => {
+                    if conn.resets_too_often() {
+                        debug!(listener = %ctx.name, %peer, "HTTP/2 client resets streams too often: GOAWAY");
+                        ctx.metrics.h2_abuse(ctx.index);
+                        h2.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                        let _ = monoio::time::timeout(Duration::from_millis(100), h2.accept()).await;
+                        break;
+                    }
                     open.set(open.get() + 1);
                     let guard = OpenStream(open.clone());
                     let conn = conn.clone();
@@ -323,6 +346,12 @@ async fn stream(
         },
         Err(e) => Err(e),
     };
+    match &result {
+        Err(ProxyError::Client(ClientError::Stream(_))) => {
+            conn.cancelled.set(conn.cancelled.get().saturating_add(1));
+        }
+        _ => conn.finished.set(conn.finished.get().saturating_add(1)),
+    }
     if let Err(e) = &result {
         let status = fail(&conn, &mut respond, e, progress.responded);
         if !progress.responded {
