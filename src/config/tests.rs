@@ -725,3 +725,77 @@ fn a_bad_enum_value_names_its_key() {
     let e = err(&format!("{MINIMAL}no_such_key = 1\n"));
     assert!(e.contains("no_such_key"), "{e}");
 }
+
+#[test]
+fn http_listeners_offer_h2_then_http11_and_tcp_ones_nothing() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.listeners[0].alpn,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+    assert_eq!(c.listeners[0].upstream_protocol, UpstreamProtocol::Http1);
+    let tcp = format!("{MINIMAL}protocol = \"tcp\"\n");
+    assert!(parse(&tcp).unwrap().listeners[0].alpn.is_empty());
+    let only11 = format!("{MINIMAL}alpn = [\"http/1.1\"]\n");
+    assert_eq!(
+        parse(&only11).unwrap().listeners[0].alpn,
+        vec![b"http/1.1".to_vec()]
+    );
+}
+
+#[test]
+fn bad_alpn_lists_name_the_key() {
+    for (list, why) in [
+        ("[\"h3\"]", "\"h3\" is not a protocol certgate serves"),
+        ("[\"h2\", \"h2\"]", "listed twice"),
+        ("[]", "at least one"),
+    ] {
+        let e = err(&format!("{MINIMAL}alpn = {list}\n"));
+        assert!(e.contains("listener[0].alpn") && e.contains(why), "{e}");
+    }
+    let e = err(&format!("{MINIMAL}protocol = \"tcp\"\nalpn = [\"h2\"]\n"));
+    assert!(e.contains("listener[0].alpn"), "{e}");
+}
+
+#[test]
+fn h2c_needs_a_plain_shared_http_upstream() {
+    let ok = format!("{MINIMAL}upstream_protocol = \"h2c\"\n");
+    assert_eq!(
+        parse(&ok).unwrap().listeners[0].upstream_protocol,
+        UpstreamProtocol::H2c
+    );
+    let e = err(&format!(
+        "{MINIMAL}upstream_protocol = \"h2c\"\nupstream_proxy_protocol = \"v2\"\n"
+    ));
+    assert!(
+        e.contains("listener[0].upstream_protocol") && e.contains("PROXY"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}upstream_protocol = \"h2c\"\nprotocol = \"tcp\"\n"
+    ));
+    assert!(e.contains("listener[0].upstream_protocol"), "{e}");
+    let e = err(&format!("{MINIMAL}upstream_protocol = \"h3\"\n"));
+    assert!(e.contains("upstream_protocol"), "{e}");
+}
+
+#[test]
+fn h2_limits_default_and_are_range_checked() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.limits.h2_max_concurrent_streams, 100);
+    assert_eq!(c.limits.h2_max_header_list_bytes, 65536);
+    assert_eq!(c.limits.h2_initial_window, 256 * 1024);
+    assert_eq!(c.limits.h2_connection_window, 1024 * 1024);
+    for (key, value) in [
+        ("h2_max_concurrent_streams", "0"),
+        ("h2_initial_window", "1000"),
+        ("h2_connection_window", "4294967296"),
+        ("h2_max_header_list_bytes", "10"),
+    ] {
+        let e = err(&format!("{MINIMAL}[limits]\n{key} = {value}\n"));
+        assert!(
+            e.contains(&format!("limits.{key}")) && e.contains("out of range"),
+            "{e}"
+        );
+    }
+}
