@@ -20,7 +20,7 @@ use monoio::time::Instant;
 use smallvec::SmallVec;
 
 use super::body::{next_chunk, send_all, RecvFailed, SendFailed};
-use super::Conn;
+use super::{Conn, Progress};
 use crate::http::chunked::write_chunk_header;
 use crate::http::h2::{request_head, Body, Malformed, Request};
 use crate::http::request::{parse_request, Inject, RequestBody};
@@ -37,17 +37,6 @@ const EARLY_ANSWER_GRACE: Duration = Duration::from_millis(250);
 /// Once the answer is in, how long the rest of the request may take to go out before the
 /// client is told to stop sending (RST_STREAM NO_ERROR) and the connection is not reused.
 const UPLOAD_SETTLE: Duration = Duration::from_millis(50);
-
-/// What the stream did so far.
-#[derive(Default)]
-pub(super) struct Progress {
-    pub(super) status: u16,
-    /// A response (head) went to the client: a failure now can only reset the stream.
-    pub(super) responded: bool,
-    pub(super) bytes_in: u64,
-    pub(super) bytes_out: u64,
-    pub(super) upstream: Option<Duration>,
-}
 
 /// An HTTP/2 request as the HTTP/1.1 core sees it: the head it stands for, parsed, and what
 /// admission (sites, routes) decided. Both upstream protocols start here, so an h2c upstream

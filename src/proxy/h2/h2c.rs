@@ -23,8 +23,7 @@ use monoio::net::TcpStream;
 use tracing::debug;
 
 use super::body::{next_chunk, send_all, RecvFailed, SendFailed};
-use super::forward::Progress;
-use super::Conn;
+use super::{Conn, Progress};
 use crate::http::h2::{upstream_fields, Forwarding};
 use crate::proxy::error::{ClientError, ProxyError, UpstreamError};
 use crate::proxy::upstream::ConnectError;

@@ -170,6 +170,17 @@ impl Conn {
     }
 }
 
+/// What the stream did so far.
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) status: u16,
+    /// A response (head) went to the client: a failure now can only reset the stream.
+    pub(super) responded: bool,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) upstream: Option<Duration>,
+}
+
 /// What one stream did, for the metrics and the access log.
 pub(super) struct Done<'a> {
     pub(super) started: StdInstant,
@@ -245,7 +256,10 @@ pub(super) async fn serve(
     let mut idle_since = Instant::now();
     loop {
         let far = Instant::now() + Duration::from_secs(86_400);
-        let idle_at = if open.get() == 0 && closing.is_none() {
+        // Armed even while streams are open: their tasks end without waking this loop, so
+        // the check happens when it fires (an idle connection lasts at most twice
+        // `keep_alive`).
+        let idle_at = if closing.is_none() {
             idle_since + ctx.timeouts.keep_alive
         } else {
             far
@@ -326,7 +340,7 @@ async fn stream(
 ) {
     let started = StdInstant::now();
     let (parts, mut body) = request.into_parts();
-    let mut progress = forward::Progress::default();
+    let mut progress = Progress::default();
     let result = match forward::prepare(&parts, body.is_end_stream(), &conn) {
         Ok(prepared) => match &conn.ctx.h2c {
             Some(pool) if prepared.admitted.route.is_none() => {
