@@ -83,6 +83,10 @@ pub struct ListenerCtx {
     /// Which sources must start with a PROXY header, and which versions are taken.
     pub proxy_in: ProxyIn,
     pub shutdown: Rc<Shutdown>,
+    /// Set when a reload replaces this context (or closes its listener): long-lived HTTP/2
+    /// connections then send GOAWAY, so their clients reconnect under the new policy.
+    /// HTTP/1.1 connections go on (closing one between requests could race a request).
+    pub retired: Rc<Shutdown>,
     /// `[[listener.site]]`s: the context a ClientHello naming one of them continues with.
     pub sites: Vec<Rc<ListenerCtx>>,
     /// For a listener with sites (and each of its sites): the name map, and which site this
@@ -391,6 +395,7 @@ mod tests {
                 routes: Routes::default(),
                 proxy_in: ProxyIn::default(),
                 shutdown: Rc::new(Shutdown::default()),
+                retired: Rc::new(Shutdown::default()),
             });
             let tls = TlsConn::new(tcp, rustls::ServerConnection::new(config).unwrap());
             let session = session::Session::new(tls, "127.0.0.1:1".parse().unwrap(), None, ctx);

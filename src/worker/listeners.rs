@@ -119,11 +119,13 @@ impl Listeners {
                 (false, old) => {
                     if let Some(old) = old {
                         old.closed.trigger();
+                        old.ctx.borrow().retired.trigger();
                     }
                     next.push(self.spawn(name, opened, ctx));
                 }
                 (true, Some(kept)) => {
-                    *kept.ctx.borrow_mut() = ctx;
+                    let replaced = std::mem::replace(&mut *kept.ctx.borrow_mut(), ctx);
+                    replaced.retired.trigger();
                     next.push(kept);
                 }
                 // Not reached: the main thread opens a socket for every listener this worker
@@ -137,11 +139,13 @@ impl Listeners {
         }
         for removed in self.active.drain(..) {
             removed.closed.trigger();
+            removed.ctx.borrow().retired.trigger();
         }
         self.active = next;
     }
 
-    /// The context of one listener (and, inside it, of each of its sites). `previous` is
+    /// The context of one listener (and, inside it, of each of its sites; `site_of` is given
+    /// for a site). `previous` is
     /// the context this one replaces: its upstream pools are kept where the upstream (address
     /// and TLS) is unchanged. `hosts` is the listener's server-name map and this site's place
     /// in it, for a site's context.
@@ -152,8 +156,13 @@ impl Listeners {
         metrics: &Rc<WorkerMetrics>,
         previous: Option<&ListenerCtx>,
         settings: &Settings,
-        hosts: Option<(Rc<Hosts>, usize)>,
+        site_of: Option<SiteOf>,
     ) -> Rc<ListenerCtx> {
+        // A listener's sites share its name map and its generation's retirement.
+        let (hosts, retired) = match site_of {
+            Some(SiteOf { hosts, retired }) => (Some(hosts), retired),
+            None => (None, Rc::new(Shutdown::default())),
+        };
         let tls = plan.upstream_tls.as_ref();
         let pool = previous
             .map(|p| p.pool.clone())
@@ -207,7 +216,10 @@ impl Listeners {
                 let before = previous
                     .and_then(|p| p.sites.iter().find(|s| s.name == site.name))
                     .map(|s| &**s);
-                let own = hosts.as_ref().map(|(h, _)| (h.clone(), i + 1));
+                let own = hosts.as_ref().map(|(h, _)| SiteOf {
+                    hosts: (h.clone(), i + 1),
+                    retired: retired.clone(),
+                });
                 self.context(site, index, metrics, before, settings, own)
             })
             .collect();
@@ -234,6 +246,7 @@ impl Listeners {
             passthrough: plan.passthrough,
             tunnel_idle: settings.timeouts.tunnel_idle,
             shutdown: self.shutdown.clone(),
+            retired,
             sites,
             hosts,
             strict_sni: plan.strict_sni,
@@ -380,4 +393,11 @@ pub(crate) async fn flush_access_log(cell: AccessLogCell, shutdown: Rc<Shutdown>
             let _ = log.flush();
         }
     }
+}
+
+/// What a site's context shares with its listener's: the name map (with the site's index in
+/// it) and the generation's retirement (see `ListenerCtx::retired`).
+struct SiteOf {
+    hosts: (Rc<Hosts>, usize),
+    retired: Rc<Shutdown>,
 }

@@ -268,7 +268,10 @@ pub(super) async fn serve(
         let watch_shutdown = closing.is_none();
         let stop = async {
             if watch_shutdown {
-                shutdown.wait().await
+                monoio::select! {
+                    _ = shutdown.wait() => {},
+                    _ = ctx.retired.wait() => {},
+                }
             } else {
                 std::future::pending::<()>().await
             }
