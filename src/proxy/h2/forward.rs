@@ -124,7 +124,12 @@ pub(super) async fn forward(
     let mut up = acquire(conn, pool, false).await?;
     let sent_at = Instant::now();
     // A pooled connection the app closed while idle fails before it answers: one retry on a
-    // fresh one, only while no body byte was taken from the client (they cannot be resent).
+    // fresh one (as on HTTP/1.1: idempotent methods only), only while no body byte was taken
+    // from the client (they cannot be resent) and the app sent nothing back.
+    let idempotent = matches!(
+        head.method(&synth),
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    );
     let answer = loop {
         let mut upload = Upload {
             head: Some(out.to_vec()),
@@ -132,7 +137,9 @@ pub(super) async fn forward(
         };
         let result = send_and_answer(&mut up, &mut upload, body, chunked, is_head, conn).await;
         match result {
-            Err(ProxyError::Upstream(e)) if up.reused && !upload.body_taken && retryable(&e) => {
+            Err(ProxyError::Upstream(e))
+                if up.reused && idempotent && !upload.body_taken && retryable(&e) =>
+            {
                 up = acquire(conn, pool, true).await?;
             }
             other => break other?,
@@ -225,6 +232,8 @@ pub(super) async fn forward(
     Ok(())
 }
 
+/// A failure of a stale pooled connection: closed or reset before any byte of an answer
+/// (the read side reports a partial answer as a bad head instead).
 fn retryable(e: &UpstreamError) -> bool {
     matches!(e, UpstreamError::Io(_) | UpstreamError::ClosedEarly)
 }
@@ -334,8 +343,16 @@ async fn send_and_answer(
             }
             let (res, buf) = read_up(rd, upbuf, Some(deadline)).await;
             upbuf = buf.ok_or(UpstreamError::Timeout)?;
-            if res? == 0 {
-                return Err(UpstreamError::ClosedEarly.into());
+            let partial = !upbuf.is_empty();
+            match res {
+                // Part of an answer, then the end: never retried, a 502.
+                Ok(0) | Err(_) if partial => {
+                    let e = crate::http::HttpError::UpstreamMalformed;
+                    return Err(UpstreamError::BadHead(e).into());
+                }
+                Ok(0) => return Err(UpstreamError::ClosedEarly.into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     });
@@ -411,7 +428,6 @@ async fn send_request(
             Err(RecvFailed::Stalled) => return Err(ClientError::BodyTimeout.into()),
             Err(RecvFailed::Stream(e)) => return Err(ClientError::Stream(e).into()),
         };
-        upload.body_taken = true;
         let Some(chunk) = chunk else {
             if chunked {
                 let (res, _) = write_up(wr, &b"0\r\n\r\n"[..], timeouts.upstream_response).await;
@@ -423,6 +439,7 @@ async fn send_request(
         if chunk.is_empty() {
             continue;
         }
+        upload.body_taken = true;
         total += chunk.len() as u64;
         let mut framed = Vec::with_capacity(chunk.len() + 20);
         if chunked {
