@@ -319,7 +319,7 @@ def cmd_rapid_reset(a):
             total += 50
             on_conn += 50
         raw.poll(0)
-        if raw.goaway or raw.closed:
+        if raw.gone():
             raw.drain(1.0)
             responses += sum(1 for s in raw.streams.values() if s["status"])
             if first is None:
@@ -329,7 +329,7 @@ def cmd_rapid_reset(a):
             raw.close()
             raw, sid, on_conn, conns = Raw(a), 1, 0, conns + 1
     last = None
-    if not (raw.goaway or raw.closed):
+    if not raw.gone():
         raw.drain(0.5)
         responses += sum(1 for s in raw.streams.values() if s["status"])
         last = raw.report(t0)
@@ -350,7 +350,7 @@ def cmd_continuation_flood(a):
                               end_headers=False)
     raw.send(*first)
     n, sent = 0, 0
-    while not over(a, t0, n) and not raw.closed and not raw.goaway:
+    while not over(a, t0, n) and not raw.gone():
         frames = []
         for _ in range(20):
             if a.payload:
@@ -400,9 +400,9 @@ def flood(a, unit, start=()):
         raw.send(*start)
     batch = unit.serialize() * 1000
     n, blocked = 0, False
-    while not over(a, t0, n) and not raw.closed and not raw.goaway:
+    while not over(a, t0, n) and not raw.gone():
         if not raw.send_bytes(batch):
-            blocked = not raw.closed
+            blocked = not raw.gone()
             break
         n += 1000
         if not a.no_read:
@@ -468,7 +468,7 @@ def cmd_malformed(a):
            "response_headers": s.get("headers"), "body_len": s.get("body_len"),
            "body": s.get("body")}
     follow = None
-    if not raw.goaway and not raw.closed:
+    if not raw.gone():
         block = raw.enc.encode(base_headers(a, path=a.followup_path))
         raw.send(*raw.header_frames(3, block))
         raw.wait_stream(3, a.timeout)

@@ -87,14 +87,16 @@ class Raw:
         self.block = None  # (stream id, fragments) of a header block still open
         self.streams = {}
         self.goaway = None
-        self.closed = False
+        self.closed = False  # the read side ended (EOF or error)
+        self.write_failed = False  # a write failed: the peer is gone, but may have said why
         self.server_settings = {}
         self.frames_in = 0
         self.send_bytes(PREFACE + SettingsFrame(0, settings or {}).serialize())
 
     def send_bytes(self, data):
-        """Sends; False once the peer is gone or (after the timeout) no longer reads."""
-        if self.closed:
+        """Sends; False once the peer is gone or (after the timeout) no longer reads. A failed
+        write leaves the read side alone: a GOAWAY sent before the close may still be there."""
+        if self.closed or self.write_failed:
             return False
         try:
             self.sock.settimeout(self.a.timeout)
@@ -103,8 +105,12 @@ class Raw:
         except (socket.timeout, TimeoutError):
             return False
         except (OSError, ssl.SSLError):
-            self.closed = True
+            self.write_failed = True
             return False
+
+    def gone(self):
+        """The server ended the connection: GOAWAY, a close, or a write that failed."""
+        return bool(self.goaway) or self.closed or self.write_failed
 
     def send(self, *frames):
         return self.send_bytes(b"".join(f.serialize() for f in frames))
@@ -232,7 +238,7 @@ class Raw:
         out = {"alpn": self.alpn, "goaway": self.goaway and self.goaway["code"],
                "goaway_last_stream": self.goaway and self.goaway["last_stream"],
                "goaway_debug": self.goaway and self.goaway["debug"],
-               "closed": self.closed, "ms": elapsed_ms(t0)}
+               "closed": self.closed or self.write_failed, "ms": elapsed_ms(t0)}
         out.update(more)
         return out
 
