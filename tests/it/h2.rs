@@ -80,7 +80,11 @@ fn cert_args(running: &Running) -> Vec<String> {
 }
 
 /// Runs `h2_peer.py cmd` against `running` (trusting the test root) and returns its JSON.
-fn h2_peer<S: AsRef<std::ffi::OsStr>>(running: &Running, cmd: &str, args: &[S]) -> serde_json::Value {
+fn h2_peer<S: AsRef<std::ffi::OsStr>>(
+    running: &Running,
+    cmd: &str,
+    args: &[S],
+) -> serde_json::Value {
     h2_peer_at(running.addr.port(), &path_in(running, "ca.pem"), cmd, args)
 }
 
@@ -157,12 +161,23 @@ fn curl_http2_on_a_require_listener_carries_the_exact_identity() {
     let head = body.split("body-bytes:").next().unwrap();
     assert!(head.starts_with("GET /who HTTP/1.1\r\n"), "{head}");
     assert_eq!(xfcc_of(head), vec![expected()], "{head}");
-    assert_eq!(header_values(head, "x-forwarded-proto"), vec!["https"], "{head}");
+    assert_eq!(
+        header_values(head, "x-forwarded-proto"),
+        vec!["https"],
+        "{head}"
+    );
 
     let (ok, _, body) = curl_h2(&running, "/anonymous", false);
-    assert!(!ok, "require admitted a client without a certificate: {body}");
+    assert!(
+        !ok,
+        "require admitted a client without a certificate: {body}"
+    );
     let heads = running.echo().heads();
-    assert_eq!(heads.len(), 1, "only the request with a certificate reached the app");
+    assert_eq!(
+        heads.len(),
+        1,
+        "only the request with a certificate reached the app"
+    );
 }
 
 #[test]
@@ -215,8 +230,14 @@ fn forged_identity_headers_on_h2_requests_are_dropped() {
         let stream = &seen["streams"][0];
         assert_eq!(stream["status"], 200, "{seen}");
         let head = echoed_head(stream);
-        assert!(!head.contains("forged"), "a client-written value reached the app:\n{head}");
-        assert!(!head.contains('_'), "an underscore variant reached the app:\n{head}");
+        assert!(
+            !head.contains("forged"),
+            "a client-written value reached the app:\n{head}"
+        );
+        assert!(
+            !head.contains('_'),
+            "an underscore variant reached the app:\n{head}"
+        );
         let want = if with_cert { vec![expected()] } else { vec![] };
         assert_eq!(xfcc_of(&head), want, "{head}");
         assert_eq!(header_values(&head, "x-forwarded-proto"), vec!["https"]);
@@ -251,9 +272,17 @@ fn eight_mib_upload_over_h2_with_and_without_content_length() {
         let head = echoed_head(s);
         if framing.is_some() {
             // No content-length from the client: an HTTP/1.1 upstream gets a chunked body.
-            assert_eq!(header_values(&head, "transfer-encoding"), vec!["chunked"], "{head}");
+            assert_eq!(
+                header_values(&head, "transfer-encoding"),
+                vec!["chunked"],
+                "{head}"
+            );
         } else {
-            assert_eq!(header_values(&head, "content-length"), vec![n.to_string()], "{head}");
+            assert_eq!(
+                header_values(&head, "content-length"),
+                vec![n.to_string()],
+                "{head}"
+            );
         }
     }
 }
@@ -290,7 +319,10 @@ fn a_resumed_h2_connection_keeps_the_identity_header() {
     args.extend(cert_args(&running));
     let seen = h2_peer(&running, "get", &args);
     assert_eq!(seen["first"]["resumed"], false, "{seen}");
-    assert_eq!(seen["second"]["resumed"], true, "the second connection did not resume");
+    assert_eq!(
+        seen["second"]["resumed"], true,
+        "the second connection did not resume"
+    );
     assert_eq!(seen["second"]["alpn"], "h2");
     for which in ["first", "second"] {
         let s = &seen[which]["streams"][0];

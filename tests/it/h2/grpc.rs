@@ -47,9 +47,17 @@ fn grpc_unary_call_carries_the_client_identity_to_the_app() {
     assert_eq!(unary["xfcc"], expected(), "the app saw another identity");
     // Forged copies in the call's metadata are dropped; other metadata passes.
     let md = &seen["spoof"]["metadata"];
-    assert_eq!(md["x-forwarded-client-cert"], serde_json::json!([expected()]), "{md}");
+    assert_eq!(
+        md["x-forwarded-client-cert"],
+        serde_json::json!([expected()]),
+        "{md}"
+    );
     assert!(md.get("x_forwarded_client_cert").is_none(), "{md}");
-    assert_eq!(md["x-forwarded-proto"], serde_json::json!(["https"]), "{md}");
+    assert_eq!(
+        md["x-forwarded-proto"],
+        serde_json::json!(["https"]),
+        "{md}"
+    );
     assert_eq!(md["x-other"], serde_json::json!(["kept"]), "{md}");
 }
 
@@ -99,7 +107,10 @@ fn grpc_cancellation_mid_stream_reaches_the_app() {
     let c = &seen["cancel"];
     assert_eq!(c["received_before"], 3, "{seen}");
     assert_eq!(c["after_cancel"], "CANCELLED", "{seen}");
-    assert_eq!(c["server"]["cancelled"], true, "the app never learned: {seen}");
+    assert_eq!(
+        c["server"]["cancelled"], true,
+        "the app never learned: {seen}"
+    );
     assert_eq!(c["server"]["completed"], false, "{seen}");
 }
 
