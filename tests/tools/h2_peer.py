@@ -13,14 +13,15 @@ Subcommands (each prints {"cmd", "alpn", "ms", "goaway", "closed", ...}):
         Without h2 from ALPN, one HTTP/1.1 request instead ("http": "1.1"). With --resume,
         the same again on a second connection resuming the first's TLS session.
     post --size N [--no-content-length]   like get, with an N-byte body (the echo pattern).
-    latency --count N [--fresh]   N sequential GETs (one connection, or one each with --fresh):
-        median_ms, p90_ms, max_ms, errors.
+    latency [--count N] [--seconds S] [--fresh]   sequential GETs, N of them or for S seconds
+        (one connection, or one each with --fresh): median_ms, p90_ms, max_ms, errors.
     rapid-reset [--count N] [--seconds S] [--reconnect]   HEADERS + RST_STREAM(CANCEL) loop.
     continuation-flood [--count N] [--seconds S] [--payload B]   HEADERS without END_HEADERS,
         then CONTINUATION frames of B bytes of valid HPACK (B = 0: empty frames).
     hpack-bomb [--refs N] [--value-size V]   one V-byte header into the dynamic table, then N
         one-byte references to it in the same block.
     settings-flood | ping-flood | empty-data-flood [--count N] [--seconds S] [--no-read]
+        [--rcvbuf B] (a small receive buffer: a server that stops reading shows within seconds)
     zero-window [--path P] [--hold S]   SETTINGS_INITIAL_WINDOW_SIZE 0, never a WINDOW_UPDATE.
     malformed --case NAME   (--case list prints the names) one request on stream 1, then, if
         the connection survives, a valid GET on stream 3 ("followup_status").
@@ -235,11 +236,14 @@ def cmd_post(a):
 
 
 def cmd_latency(a):
+    """Sequential GETs until --count are done or --seconds have passed; the spread of their
+    times (a stall of the server shows in max_ms, a slowdown in the median)."""
     samples, errors = [], 0
-    a.count = a.count or 200
+    count = a.count or 200
     sock = None if a.fresh else tls_connect(a)
     conn = None
-    for i in range(a.count):
+    start = time.monotonic()
+    while len(samples) + errors < count and time.monotonic() - start < a.seconds:
         t0 = time.monotonic()
         try:
             if a.fresh:
@@ -247,7 +251,7 @@ def cmd_latency(a):
                 r.pop("_session", None)
                 ok = r.get("streams") and r["streams"][0]["status"] == 200
             else:
-                conn, ok = latency_one(a, sock, conn, i)
+                conn, ok = latency_one(a, sock, conn)
         except Exception:  # noqa: BLE001 - a failed request is a data point, not a crash
             ok = False
         if ok:
@@ -255,7 +259,7 @@ def cmd_latency(a):
         else:
             errors += 1
     samples.sort()
-    out = {"count": a.count, "errors": errors}
+    out = {"count": len(samples) + errors, "errors": errors}
     if samples:
         out.update(median_ms=round(statistics.median(samples), 3),
                    p90_ms=round(samples[int(len(samples) * 0.9) - 1 if len(samples) > 1 else 0], 3),
@@ -263,7 +267,7 @@ def cmd_latency(a):
     return out
 
 
-def latency_one(a, sock, conn, i):
+def latency_one(a, sock, conn):
     """One GET on a kept connection (made on first use); returns (conn, ok)."""
     if conn is None:
         conn = h2.connection.H2Connection(
@@ -517,6 +521,7 @@ def main():
     p.add_argument("--reconnect", action="store_true")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-read", action="store_true")
+    p.add_argument("--rcvbuf", type=int, default=0, help="SO_RCVBUF for the client socket")
     p.add_argument("--payload", type=int, default=64)
     p.add_argument("--refs", type=int, default=16000)
     p.add_argument("--value-size", type=int, default=4000)

@@ -59,7 +59,12 @@ def tls_connect(a, session=None):
         if a.alpn != "none":
             ctx.set_alpn_protocols(a.alpn.split(","))
         CONTEXT = ctx
-    raw = socket.create_connection((a.host, a.port), timeout=a.timeout)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if a.rcvbuf:
+        # Before connect, so the window the server is offered stays small (no autotuning).
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.rcvbuf)
+    raw.settimeout(a.timeout)
+    raw.connect((a.host, a.port))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return CONTEXT.wrap_socket(raw, server_hostname=a.sni, session=session)
 

@@ -175,9 +175,10 @@ fn hpack_bomb_is_refused_by_the_decoded_size() {
     assert_still_serving(&running);
 }
 
-/// A flood of control frames from a client that never reads their acknowledgements: the
-/// server either ends the connection or stops reading (the client's writes stall), rather
-/// than queueing acknowledgements without bound (34 MB of them here).
+/// A flood of control frames from a client that never reads their acknowledgements (and
+/// keeps its receive buffer small): the server either ends the connection or stops reading
+/// (the client's writes stall), rather than queueing acknowledgements without bound (34 MB
+/// of them here).
 fn assert_control_flood_bounded(cmd: &str) {
     let running = front("ignore", "", "");
     let seen = h2_peer(
@@ -254,4 +255,70 @@ fn zero_window_client_gets_no_body_and_is_not_held_forever() {
         "the stalled stream was still held after 8 s: {seen}"
     );
     assert_still_serving(&running);
+}
+
+/// A client on its own, kept connection makes requests back to back while another floods
+/// PING (or SETTINGS) frames and reads every acknowledgement, so flow control never stops
+/// the flood. The flooding connection must not hold the worker: the other client's worst
+/// request may not take 200 ms (or five times its worst beforehand, on a busy machine);
+/// unharmed it stays around 10-20 ms on a loaded 2-core machine.
+fn assert_flood_does_not_stall_others(cmd: &str) {
+    let running = front("ignore", "", "");
+    let client = |seconds: &str| {
+        Command::new("python3")
+            .arg(H2_PEER)
+            .arg("latency")
+            .args(["--port", &running.addr.port().to_string()])
+            .args(["--ca", &path_in(&running, "ca.pem")])
+            .args([
+                "--path",
+                "/victim",
+                "--count",
+                "1000000",
+                "--seconds",
+                seconds,
+            ])
+            .args(["--timeout", "30"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3")
+    };
+    let report = |child: std::process::Child| -> serde_json::Value {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+    };
+    let before = report(client("2"));
+    let victim = client("5");
+    std::thread::sleep(Duration::from_millis(500));
+    let flood = Command::new("nice")
+        .args(["-n", "10", "python3", H2_PEER, cmd])
+        .args(["--port", &running.addr.port().to_string()])
+        .args(["--ca", &path_in(&running, "ca.pem")])
+        .args(["--count", "100000000", "--seconds", "3", "--timeout", "3"])
+        .output()
+        .expect("python3");
+    let flood = String::from_utf8_lossy(&flood.stdout).into_owned();
+    let seen = report(victim);
+    eprintln!("{cmd}: {flood}\nthe other client before: {before}\nand meanwhile: {seen}");
+    assert_eq!(seen["errors"], 0, "{seen}\n{flood}");
+    let limit = (5.0 * before["max_ms"].as_f64().unwrap()).max(200.0);
+    let worst = seen["max_ms"].as_f64().unwrap();
+    assert!(
+        worst < limit,
+        "another connection's request waited {worst} ms during the {cmd} \
+         (its worst before: {} ms): {seen}\n{flood}",
+        before["max_ms"]
+    );
+    assert_still_serving(&running);
+}
+
+#[test]
+fn a_ping_flood_does_not_stall_other_connections() {
+    assert_flood_does_not_stall_others("ping-flood");
+}
+
+#[test]
+fn a_settings_flood_does_not_stall_other_connections() {
+    assert_flood_does_not_stall_others("settings-flood");
 }
