@@ -4,6 +4,7 @@
 mod certs;
 mod cli;
 mod faults;
+mod h2;
 mod hardening;
 mod headers;
 mod identity;
