@@ -9,13 +9,29 @@
 //! outgoing queue, which goes to the socket as the socket takes it. Ciphertext `TlsConn` had
 //! read ahead of the handshake's end is fed first, so nothing the client sent early is lost.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use monoio::io::poll_io::{AsyncRead, AsyncWrite, ReadBuf};
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use rustls::ServerConnection;
+
+/// How long the connection's task may go on reading without the socket running dry before
+/// it gives the worker back for a turn. monoio, unlike tokio, has no budget of its own: a
+/// client that keeps its socket readable (a PING or SETTINGS flood it reads the answers to:
+/// every frame costs a write) would otherwise keep the `h2` connection task, and with it every
+/// other connection on the worker, from being polled. Time, not bytes or reads: a flood's
+/// small frames cost far more per byte than a bulk upload's DATA.
+const BUSY_BUDGET: Duration = Duration::from_millis(1);
+/// How the turn is given back: a short sleep (one timer tick, 1 ms), not a self-wake. A task
+/// that wakes itself stays in monoio's run queue, and while the queue is not empty the
+/// runtime never parks, which is where the io_uring driver re-arms its poll-io readiness:
+/// every other HTTP/2 connection of the worker would wait until the flood paused (over a
+/// second, measured). A sleeping task lets the runtime park.
+const PAUSE: Duration = Duration::from_micros(1);
 
 pub struct TlsIo {
     tcp: TcpStreamPoll,
@@ -25,6 +41,10 @@ pub struct TlsIo {
     ahead_pos: usize,
     /// close_notify queued (by `poll_shutdown`).
     closing: bool,
+    /// When the reads began that have found data ever since (see [`BUSY_BUDGET`]).
+    busy_since: Option<Instant>,
+    /// The turn given back (see [`PAUSE`]); boxed, as only a busy connection ever has one.
+    pause: Option<Pin<Box<monoio::time::Sleep>>>,
 }
 
 impl TlsIo {
@@ -35,6 +55,8 @@ impl TlsIo {
             ahead,
             ahead_pos: 0,
             closing: false,
+            busy_since: None,
+            pause: None,
         }
     }
 
@@ -94,11 +116,22 @@ impl AsyncRead for TlsIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.pause.is_some() || this.busy_since.is_some_and(|t| t.elapsed() > BUSY_BUDGET) {
+            let pause = this
+                .pause
+                .get_or_insert_with(|| Box::pin(monoio::time::sleep(PAUSE)));
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pause = None;
+            this.busy_since = None;
+        }
         loop {
             match this.tls.reader().read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     // 0: close_notify received, a clean end of the stream.
                     buf.advance(n);
+                    this.busy_since.get_or_insert_with(Instant::now);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -122,7 +155,10 @@ impl AsyncRead for TlsIo {
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.busy_since = None;
+                    return Poll::Pending;
+                }
             }
         }
     }
