@@ -10,6 +10,7 @@ use std::process::Command;
 use crate::support::*;
 
 mod abuse;
+mod closing;
 mod grpc;
 mod malformed;
 

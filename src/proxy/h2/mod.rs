@@ -61,6 +61,9 @@ impl Default for H2Limits {
     }
 }
 
+/// How long a closed connection may go on sending before its socket closes (see
+/// `tls_io::linger`).
+const LINGER: Duration = Duration::from_secs(2);
 /// Largest frame payload we accept and send (the protocol's default; larger frames save
 /// little and let one frame hold a stream's whole window).
 const MAX_FRAME: u32 = 16 * 1024;
@@ -225,7 +228,8 @@ pub(super) async fn serve(
             return;
         }
     };
-    let io = tls_io::TlsIo::new(tcp, rustls, ahead);
+    let left = Rc::new(Cell::new(None));
+    let io = tls_io::TlsIo::new(tcp, rustls, ahead, left.clone());
     let limits = ctx.h2;
     let mut builder = h2::server::Builder::new();
     builder
@@ -322,6 +326,10 @@ pub(super) async fn serve(
         if open.get() == 0 {
             idle_since = Instant::now();
         }
+    }
+    drop(h2);
+    if let Some(tcp) = left.take() {
+        tls_io::linger(tcp, LINGER).await;
     }
 }
 

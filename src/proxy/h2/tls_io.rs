@@ -9,9 +9,11 @@
 //! outgoing queue, which goes to the socket as the socket takes it. Ciphertext `TlsConn` had
 //! read ahead of the handshake's end is fed first, so nothing the client sent early is lost.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,11 @@ const BUSY_BUDGET: Duration = Duration::from_millis(1);
 const PAUSE: Duration = Duration::from_micros(1);
 
 pub struct TlsIo {
-    tcp: TcpStreamPoll,
+    /// `None` only once dropped (see [`Drop`]).
+    tcp: Option<TcpStreamPoll>,
+    /// Where the socket goes when `h2` drops this stream: the connection's task closes it
+    /// with a lingering close ([`linger`]).
+    left: Rc<Cell<Option<TcpStreamPoll>>>,
     tls: ServerConnection,
     /// Ciphertext read before the switch, not yet given to rustls.
     ahead: Vec<u8>,
@@ -48,9 +54,15 @@ pub struct TlsIo {
 }
 
 impl TlsIo {
-    pub fn new(tcp: TcpStreamPoll, tls: ServerConnection, ahead: Vec<u8>) -> Self {
+    pub fn new(
+        tcp: TcpStreamPoll,
+        tls: ServerConnection,
+        ahead: Vec<u8>,
+        left: Rc<Cell<Option<TcpStreamPoll>>>,
+    ) -> Self {
         TlsIo {
-            tcp,
+            tcp: Some(tcp),
+            left,
             tls,
             ahead,
             ahead_pos: 0,
@@ -63,10 +75,10 @@ impl TlsIo {
     /// Writes queued records until rustls has none left or the socket would block.
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.tls.wants_write() {
-            let mut sink = PollWriter {
-                tcp: &mut self.tcp,
-                cx,
+            let Some(tcp) = self.tcp.as_mut() else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
             };
+            let mut sink = PollWriter { tcp, cx };
             match self.tls.write_tls(&mut sink) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(_) => {}
@@ -90,10 +102,10 @@ impl TlsIo {
             }
             n
         } else {
-            let mut source = PollReader {
-                tcp: &mut self.tcp,
-                cx,
+            let Some(tcp) = self.tcp.as_mut() else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
             };
+            let mut source = PollReader { tcp, cx };
             match self.tls.read_tls(&mut source) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
@@ -202,8 +214,42 @@ impl AsyncWrite for TlsIo {
         if this.poll_flush_tls(cx)?.is_pending() {
             return Poll::Pending;
         }
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        match this.tcp.as_mut() {
+            Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
+}
+
+impl Drop for TlsIo {
+    fn drop(&mut self) {
+        self.left.set(self.tcp.take());
+    }
+}
+
+/// Most bytes read and dropped while lingering.
+const LINGER_MAX_BYTES: usize = 1 << 20;
+
+/// Closes the socket the way `TlsConn::linger` does: our FIN first, then whatever the client
+/// still sends is read and dropped (for at most `limit` or 1 MiB) before the socket closes.
+/// Closing with unread input makes the kernel send a reset, and a reset can destroy the last
+/// response bytes still waiting in the client's receive buffer: a client reading a large
+/// response slowly (its WINDOW_UPDATEs keep coming) would see its download cut short when
+/// GOAWAY ends the connection.
+pub async fn linger(mut tcp: TcpStreamPoll, limit: Duration) {
+    let _ = std::future::poll_fn(|cx| Pin::new(&mut tcp).poll_shutdown(cx)).await;
+    let drain = async {
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0usize;
+        while drained < LINGER_MAX_BYTES {
+            let mut rb = ReadBuf::new(&mut scratch);
+            match std::future::poll_fn(|cx| Pin::new(&mut tcp).poll_read(cx, &mut rb)).await {
+                Ok(()) if !rb.filled().is_empty() => drained += rb.filled().len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(limit, drain).await;
 }
 
 /// `io::Read` over the poll-io socket for rustls' `read_tls`: `Pending` becomes `WouldBlock`
