@@ -799,3 +799,29 @@ fn h2_limits_default_and_are_range_checked() {
         );
     }
 }
+
+#[test]
+fn a_site_narrows_alpn_and_picks_its_upstream_protocol() {
+    let text = format!(
+        "{MINIMAL}[[listener.site]]\nserver_names = [\"old.example.com\"]\nalpn = [\"http/1.1\"]\n\
+         [[listener.site]]\nserver_names = [\"grpc.example.com\"]\nupstream = \"127.0.0.1:9090\"\n\
+         upstream_protocol = \"h2c\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    assert_eq!(l.sites[0].policy.alpn, vec![b"http/1.1".to_vec()]);
+    assert_eq!(l.sites[0].policy.upstream_protocol, UpstreamProtocol::Http1);
+    assert_eq!(l.sites[1].policy.upstream_protocol, UpstreamProtocol::H2c);
+    // A site with its own upstream does not inherit the listener's upstream protocol.
+    let text = format!(
+        "{MINIMAL}upstream_protocol = \"h2c\"\n[[listener.site]]\nserver_names = [\"a.example.com\"]\n\
+         upstream = \"127.0.0.1:9091\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.listeners[0].upstream_protocol, UpstreamProtocol::H2c);
+    assert_eq!(
+        c.listeners[0].sites[0].policy.upstream_protocol,
+        UpstreamProtocol::Http1
+    );
+}

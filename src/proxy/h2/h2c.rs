@@ -206,10 +206,15 @@ pub(super) async fn forward(
             relay(body, &mut up_send, stall, &mut bytes_in, Side::Client).await
         });
         let download = pin!(async {
-            let response = monoio::time::timeout(ctx.timeouts.upstream_response, response)
-                .await
-                .map_err(|_| UpstreamError::Timeout)?
-                .map_err(UpstreamError::H2)?;
+            // A client that cancels while the app thinks must cancel the app's stream too.
+            let response = monoio::select! {
+                r = monoio::time::timeout(ctx.timeouts.upstream_response, response) => r
+                    .map_err(|_| UpstreamError::Timeout)?
+                    .map_err(UpstreamError::H2)?,
+                r = poll_fn(|cx| respond.poll_reset(cx)) => {
+                    return Err(ClientError::Stream(reset(r)).into());
+                }
+            };
             progress.upstream = Some(started.elapsed());
             let (head, mut up_body) = response.into_parts();
             progress.status = head.status.as_u16();
@@ -269,20 +274,39 @@ async fn relay(
             (Side::Upstream, SendFailed::Stalled) => ClientError::BodyTimeout.into(),
         }
     };
-    while let Some(chunk) = next_chunk(from, stall).await.map_err(read_failed)? {
+    // While waiting on one side, the other may reset its stream (a gRPC client cancels, the
+    // app gives up): that ends the relay at once, so the cancel reaches the side still waiting.
+    loop {
+        let next = monoio::select! {
+            r = next_chunk(from, stall) => r.map_err(read_failed)?,
+            r = poll_fn(|cx| to.poll_reset(cx)) => {
+                return Err(write_failed(SendFailed::Stream(reset(r))));
+            }
+        };
+        let Some(chunk) = next else { break };
         *count += chunk.len() as u64;
         send_all(to, chunk, false, stall)
             .await
             .map_err(write_failed)?;
     }
-    let trailers = poll_fn(|cx| from.poll_trailers(cx))
-        .await
-        .map_err(|e| read_failed(RecvFailed::Stream(e)))?;
+    let trailers = monoio::select! {
+        r = poll_fn(|cx| from.poll_trailers(cx)) => {
+            r.map_err(|e| read_failed(RecvFailed::Stream(e)))?
+        }
+        r = poll_fn(|cx| to.poll_reset(cx)) => {
+            return Err(write_failed(SendFailed::Stream(reset(r))));
+        }
+    };
     match trailers {
         Some(trailers) => to.send_trailers(trailers),
         None => to.send_data(Bytes::new(), true),
     }
     .map_err(|e| write_failed(SendFailed::Stream(e)))
+}
+
+/// The error a peer's RST_STREAM stands for.
+fn reset(polled: Result<h2::Reason, h2::Error>) -> h2::Error {
+    polled.map_or_else(|e| e, h2::Error::from)
 }
 
 /// Runs both directions until both are done; the first failure ends both (dropping the
