@@ -352,11 +352,13 @@ async fn stream(
     let started = StdInstant::now();
     let (parts, mut body) = request.into_parts();
     let mut progress = Progress::default();
+    // The exchanges are boxed: a task is spawned per stream, and spawning moves the whole
+    // future, whose size is that of its largest state (9.5 KiB unboxed, measured).
     let result = match forward::prepare(&parts, body.is_end_stream(), &conn) {
         Ok(prepared) => match &conn.ctx.h2c {
             Some(pool) if prepared.admitted.route.is_none() => {
                 let target = prepared.admitted.target.as_deref();
-                h2c::forward(
+                Box::pin(h2c::forward(
                     pool,
                     target,
                     &parts,
@@ -364,10 +366,14 @@ async fn stream(
                     &mut respond,
                     &conn,
                     &mut progress,
-                )
+                ))
                 .await
             }
-            _ => forward::forward(prepared, &mut body, &mut respond, &conn, &mut progress).await,
+            _ => {
+                let exchange =
+                    forward::forward(prepared, &mut body, &mut respond, &conn, &mut progress);
+                Box::pin(exchange).await
+            }
         },
         Err(e) => Err(e),
     };
