@@ -51,6 +51,16 @@ impl Client {
         self.tls.read_plain(buf, max).await
     }
 
+    /// Answers `Expect: 100-continue` (certgate does, and never forwards `Expect`).
+    pub(super) async fn continue_100(&mut self) -> Result<(), ClientError> {
+        const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        self.tls
+            .write_plain(CONTINUE_100)
+            .await
+            .map_err(ClientError::Io)?;
+        self.tls.flush().await.map_err(ClientError::Io)
+    }
+
     /// Reads more of a request body, within the idle limit.
     pub(super) async fn read_body(
         &mut self,

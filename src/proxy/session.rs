@@ -35,7 +35,6 @@ use crate::ops::access_log::AccessRecord;
 use crate::proxy_header::ProxyVersion;
 use crate::tls::cache;
 
-const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Body bytes already buffered with a head, up to this many, leave in the same write (request)
 /// or the same TLS record (response) as the head: one syscall or one seal instead of two.
 const COALESCE_MAX: usize = 4096;
@@ -375,11 +374,7 @@ impl Session {
         }
         let mut framer = BodyFramer::request(*head.body());
         if head.expect_continue() && !framer.is_done() {
-            let tls = &mut self.client.tls;
-            tls.write_plain(CONTINUE_100)
-                .await
-                .map_err(ClientError::Io)?;
-            tls.flush().await.map_err(ClientError::Io)?;
+            self.client.continue_100().await?;
         }
         let mut out = PooledBuf::take();
         let (idempotent, upgrade) = {

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 
-use super::{Next, Session, CONTINUE_100};
+use super::{Next, Session};
 use crate::http::request::{role, RequestHead, Role};
 use crate::http::{push_decimal, BodyFramer, HttpError};
 use crate::proxy::error::{ClientError, ProxyError, UpstreamError};
@@ -35,11 +35,7 @@ impl Session {
         let mut framer = BodyFramer::request_data(*head.body());
         self.client.consume(head.head_len());
         if head.expect_continue() && !framer.is_done() {
-            let tls = &mut self.client.tls;
-            tls.write_plain(CONTINUE_100)
-                .await
-                .map_err(ClientError::Io)?;
-            tls.flush().await.map_err(ClientError::Io)?;
+            self.client.continue_100().await?;
         }
         let sent_at = std::time::Instant::now();
         let (response, mut send) = pool.open(&ctx, request, framer.is_done()).await?;
