@@ -86,6 +86,33 @@ def parse_stime(text):
             "note": f"s_time: sequential; {reused} of {n} connections resumed; mean latency as p50"}
 
 
+def parse_h2load(text):
+    """h2load output (timing-based with -D): 2xx responses, req/s, mean latency in ms (h2load
+    prints no percentiles; the mean goes in mean_ms), failed requests."""
+    def dur_ms(s):
+        m = re.fullmatch(r"([\d.]+)(us|ms|s)", s)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    ok = int(m.group(1)) if m else 0
+    bad = sum(int(g) for g in m.groups()[1:]) if m else 0
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", text)
+    failed = int(m.group(1)) if m else 1
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    rps = ok / float(m.group(1)) if m and float(m.group(1)) else 0.0
+    m = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    return {"requests": ok, "rps": rps, "p50_ms": None, "p99_ms": None,
+            "mean_ms": dur_ms(m.group(3)) if m else None, "errors": max(failed, bad)}
+
+
+def parse_grpc(text):
+    """grpc_load.py client: one JSON object; a call is a request."""
+    d = json.loads(text[text.index("{"):])
+    return {"requests": d["ok"], "rps": d["rps"], "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"],
+            "mean_ms": d["mean_ms"], "errors": sum(d["errors"].values()),
+            "error_kinds": d["errors"]}
+
+
 def upstream_accepts(url):
     """Connections the upstream nginx has accepted so far (stub_status), or None."""
     if not url:
@@ -98,7 +125,8 @@ def upstream_accepts(url):
         return None
 
 
-PARSERS = {"wrk": parse_wrk, "oha": parse_oha, "stime": parse_stime}
+PARSERS = {"wrk": parse_wrk, "oha": parse_oha, "stime": parse_stime, "h2load": parse_h2load,
+           "grpc": parse_grpc}
 
 
 def main():
