@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
+use h2::RecvStream;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use monoio::io::AsyncWriteRent;
 use monoio::time::Instant;
@@ -218,16 +218,16 @@ pub(super) async fn forward(
             }
         }
     }
-    match upload_done {
-        Some(bytes_in) => {
-            progress.bytes_in = bytes_in;
-            if !leftover && resp.upstream_keep_alive() {
-                park(conn, pool, up);
-            }
+    // `None`: the app answered before the whole body was sent. The connection holds half a
+    // request and is not reused, and the client is told to stop sending (RFC 9113 §8.1) by
+    // dropping the stream's handles: `h2` then sends RST_STREAM NO_ERROR after the queued
+    // response. An explicit `send_reset` would clear that queue, and the client would get the
+    // reset without the answer.
+    if let Some(bytes_in) = upload_done {
+        progress.bytes_in = bytes_in;
+        if !leftover && resp.upstream_keep_alive() {
+            park(conn, pool, up);
         }
-        // The app answered before the whole body was sent: tell the client to stop sending
-        // (RFC 9113 §8.1), and never reuse a connection holding half a request.
-        None => respond.send_reset(Reason::NO_ERROR),
     }
     Ok(())
 }

@@ -179,3 +179,80 @@ fn shutdown_sends_goaway_and_lets_the_open_stream_finish() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// An app that answers as soon as it has the head (a 413 for an upload it will not take),
+/// without reading the body, then drops the connection.
+fn early_answering_app() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n",
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_app_that_answers_an_upload_early_gets_its_answer_to_the_client() {
+    let running = super::front_to("ignore", Some(early_answering_app()), "", "");
+    runtime().block_on(async {
+        let (send, _conn) = connect(running.addr, ClientCert::None).await;
+        for _ in 0..5 {
+            let request = Request::post("https://localhost/upload").body(()).unwrap();
+            let (response, mut upload) = send
+                .clone()
+                .ready()
+                .await
+                .unwrap()
+                .send_request(request, false)
+                .unwrap();
+            // Send as much of 4 MiB as the windows take; the answer comes regardless.
+            let sending = async {
+                let mut left = 4usize << 20;
+                while left > 0 {
+                    upload.reserve_capacity(left.min(64 * 1024));
+                    let Some(Ok(n)) = std::future::poll_fn(|cx| upload.poll_capacity(cx)).await
+                    else {
+                        return;
+                    };
+                    let n = n.min(left);
+                    if upload
+                        .send_data(Bytes::from(vec![b'x'; n]), n == left)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    left -= n;
+                }
+            };
+            let answered = async {
+                let response = response.await.expect("the app's answer, not a reset");
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                let mut bytes = Vec::new();
+                while let Some(Ok(chunk)) = body.data().await {
+                    bytes.extend_from_slice(&chunk);
+                }
+                (status, bytes)
+            };
+            let ((status, bytes), ()) = tokio::join!(answered, async {
+                let _ = tokio::time::timeout(Duration::from_secs(5), sending).await;
+            });
+            assert_eq!(status, 413);
+            assert_eq!(bytes, b"too big\n");
+        }
+    });
+}
