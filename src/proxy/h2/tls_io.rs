@@ -182,21 +182,36 @@ impl AsyncWrite for TlsIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
+    }
+
+    /// Seals what `h2` writes into rustls' outgoing queue; the socket gets it on `poll_flush`
+    /// (`h2` flushes after every batch of frames), or when the queue is full. Vectored, so a
+    /// DATA frame's 9-byte header and its payload share one TLS record: written one by one,
+    /// each header became a 31-byte record of its own, and each write a syscall.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
         // rustls' outgoing queue is bounded (its buffer limit): what it cannot take waits for
-        // the socket, which is the backpressure h2 sees.
-        let mut n = this.tls.writer().write(data)?;
-        if n == 0 && !data.is_empty() {
-            if this.poll_flush_tls(cx)?.is_pending() {
-                return Poll::Pending;
-            }
-            n = this.tls.writer().write(data)?;
+        // the socket, which is the backpressure `h2` sees.
+        let n = this.tls.writer().write_vectored(bufs)?;
+        if n > 0 {
+            return Poll::Ready(Ok(n));
         }
-        // Start sending now; what the socket does not take yet goes on the next call.
-        if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
-            return Poll::Ready(Err(e));
+        if this.poll_flush_tls(cx)?.is_pending() {
+            return Poll::Pending;
         }
-        Poll::Ready(Ok(n))
+        Poll::Ready(this.tls.writer().write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
