@@ -321,6 +321,10 @@ fn log_refused(
     }
 }
 
+#[cfg(all(test, feature = "demo"))]
+#[path = "idle_memory_tests.rs"]
+mod idle_memory_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
