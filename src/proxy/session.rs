@@ -158,40 +158,50 @@ impl Session {
     /// the exchange with its two parsed heads and relay futures) runs in a boxed future per
     /// request: an unboxed await would make every connection carry that state while idle
     /// too. One allocation per request buys an idle connection that small.
-    pub async fn run(mut self) {
-        let end = loop {
-            self.response_started = false;
-            if self.client.pending().is_empty()
-                && !self.client.tls.has_buffered_input()
-                && !self.wait_idle().await
-            {
-                break Next::Close;
-            }
-            let result = Box::pin(self.next_exchange()).await;
-            if let Err(e) = &result {
-                self.count_failure(e);
-                if matches!(e, ProxyError::Client(ClientError::BadHead(_))) {
-                    self.note_unparsed_head();
+    ///
+    /// Not an `async fn`: one moves its arguments into locals first, so the future would hold
+    /// the `Session` twice (the moved-from copy keeps its place); this async block captures it
+    /// once and works on it in place (1.6 KiB less per connection).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the Session twice"
+    )]
+    pub fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let end = loop {
+                self.response_started = false;
+                if self.client.pending().is_empty()
+                    && !self.client.tls.has_buffered_input()
+                    && !self.wait_idle().await
+                {
+                    break Next::Close;
                 }
-            }
-            match result {
-                Ok(next) => {
-                    self.finish_exchange();
-                    match next {
-                        Next::KeepAlive => continue,
-                        end => break end,
+                let result = Box::pin(self.next_exchange()).await;
+                if let Err(e) = &result {
+                    self.count_failure(e);
+                    if matches!(e, ProxyError::Client(ClientError::BadHead(_))) {
+                        self.note_unparsed_head();
                     }
                 }
-                Err(e) => {
-                    Box::pin(self.fail(e)).await;
-                    self.finish_exchange();
-                    return;
+                match result {
+                    Ok(next) => {
+                        self.finish_exchange();
+                        match next {
+                            Next::KeepAlive => continue,
+                            end => break end,
+                        }
+                    }
+                    Err(e) => {
+                        Box::pin(self.fail(e)).await;
+                        self.finish_exchange();
+                        return;
+                    }
                 }
+            };
+            match end {
+                Next::Abandon => Box::pin(self.client.tls.linger_close(LINGER)).await,
+                _ => Box::pin(self.client.tls.close()).await,
             }
-        };
-        match end {
-            Next::Abandon => Box::pin(self.client.tls.linger_close(LINGER)).await,
-            _ => Box::pin(self.client.tls.close()).await,
         }
     }
 
