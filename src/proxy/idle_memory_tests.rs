@@ -360,13 +360,14 @@ fn context(tls: Arc<ServerConfig>, upstream: SocketAddr) -> Rc<ListenerCtx> {
         routes: Routes::default(),
         proxy_in: ProxyIn::default(),
         shutdown: Rc::new(Shutdown::default()),
+        idle_clock: Rc::default(),
     })
 }
 
 /// Heap bytes an idle keep-alive connection may hold after it served requests: what the
 /// connection's task, its rustls state and everything else it keeps add up to (see the README's
 /// performance section for the breakdown).
-const IDLE_BUDGET: isize = 10 * 1024 + 256;
+const IDLE_BUDGET: isize = 9 * 1024;
 
 #[test]
 fn idle_connection_holds_no_more_than_its_budget() {

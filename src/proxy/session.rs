@@ -331,17 +331,20 @@ impl Session {
         self.client.inbuf.release_if_empty();
         self.client.tls.release_buffers();
         let tls = &self.client.tls;
-        let idle = monoio::time::timeout(self.ctx.timeouts.keep_alive, async {
-            if !shutdown.is_set() {
-                monoio::select! {
-                    r = tls.readable() => return r.is_ok(),
-                    _ = shutdown.wait() => {},
-                }
+        // Not monoio's timeout: its timer would add 640 bytes to every idle connection.
+        let mut deadline = self.ctx.idle_clock.deadline(self.ctx.timeouts.keep_alive);
+        if !shutdown.is_set() {
+            monoio::select! {
+                r = tls.readable() => return r.is_ok(),
+                _ = shutdown.wait() => {},
+                _ = &mut deadline => return false,
             }
-            shutdown.is_patient() && tls.readable().await.is_ok()
-        })
-        .await;
-        matches!(idle, Ok(true))
+        }
+        shutdown.is_patient()
+            && monoio::select! {
+                r = tls.readable() => r.is_ok(),
+                _ = &mut deadline => false,
+            }
     }
 
     /// Reads until a complete request head is buffered, within `request_header` of the first
