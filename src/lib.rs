@@ -24,3 +24,6 @@ pub mod sni;
 pub mod tls;
 pub mod worker;
 pub mod xfcc;
+
+#[cfg(test)]
+mod test_alloc;

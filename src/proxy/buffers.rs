@@ -41,6 +41,12 @@ impl PooledBuf {
     }
 }
 
+/// Bytes the worker's pool keeps in free buffers: the worker's, not any connection's.
+#[cfg(all(test, feature = "demo"))]
+pub fn pooled_bytes() -> usize {
+    FREE.with(|f| f.borrow().iter().map(Vec::capacity).sum())
+}
+
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.0);

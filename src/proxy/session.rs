@@ -157,40 +157,50 @@ impl Session {
     /// the exchange with its two parsed heads and relay futures) runs in a boxed future per
     /// request: an unboxed await would make every connection carry that state while idle
     /// too. One allocation per request buys an idle connection that small.
-    pub async fn run(mut self) {
-        let end = loop {
-            self.response_started = false;
-            if self.client.pending().is_empty()
-                && !self.client.tls.has_buffered_input()
-                && !self.wait_idle().await
-            {
-                break Next::Close;
-            }
-            let result = Box::pin(self.next_exchange()).await;
-            if let Err(e) = &result {
-                self.count_failure(e);
-                if matches!(e, ProxyError::Client(ClientError::BadHead(_))) {
-                    self.note_unparsed_head();
+    ///
+    /// Not an `async fn`: one moves its arguments into locals first, so the future would hold
+    /// the `Session` twice (the moved-from copy keeps its place); this async block captures it
+    /// once and works on it in place (1.6 KiB less per connection).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the Session twice"
+    )]
+    pub fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let end = loop {
+                self.response_started = false;
+                if self.client.pending().is_empty()
+                    && !self.client.tls.has_buffered_input()
+                    && !self.wait_idle().await
+                {
+                    break Next::Close;
                 }
-            }
-            match result {
-                Ok(next) => {
-                    self.finish_exchange();
-                    match next {
-                        Next::KeepAlive => continue,
-                        end => break end,
+                let result = Box::pin(self.next_exchange()).await;
+                if let Err(e) = &result {
+                    self.count_failure(e);
+                    if matches!(e, ProxyError::Client(ClientError::BadHead(_))) {
+                        self.note_unparsed_head();
                     }
                 }
-                Err(e) => {
-                    Box::pin(self.fail(e)).await;
-                    self.finish_exchange();
-                    return;
+                match result {
+                    Ok(next) => {
+                        self.finish_exchange();
+                        match next {
+                            Next::KeepAlive => continue,
+                            end => break end,
+                        }
+                    }
+                    Err(e) => {
+                        Box::pin(self.fail(e)).await;
+                        self.finish_exchange();
+                        return;
+                    }
                 }
+            };
+            match end {
+                Next::Abandon => Box::pin(self.client.tls.linger_close(LINGER)).await,
+                _ => Box::pin(self.client.tls.close()).await,
             }
-        };
-        match end {
-            Next::Abandon => Box::pin(self.client.tls.linger_close(LINGER)).await,
-            _ => Box::pin(self.client.tls.close()).await,
         }
     }
 
@@ -320,17 +330,20 @@ impl Session {
         self.client.inbuf.release_if_empty();
         self.client.tls.release_buffers();
         let tls = &self.client.tls;
-        let idle = monoio::time::timeout(self.ctx.timeouts.keep_alive, async {
-            if !shutdown.is_set() {
-                monoio::select! {
-                    r = tls.readable() => return r.is_ok(),
-                    _ = shutdown.wait() => {},
-                }
+        // Not monoio's timeout: its timer would add 640 bytes to every idle connection.
+        let mut deadline = self.ctx.idle_clock.deadline(self.ctx.timeouts.keep_alive);
+        if !shutdown.is_set() {
+            monoio::select! {
+                r = tls.readable() => return r.is_ok(),
+                _ = shutdown.wait() => {},
+                _ = &mut deadline => return false,
             }
-            shutdown.is_patient() && tls.readable().await.is_ok()
-        })
-        .await;
-        matches!(idle, Ok(true))
+        }
+        shutdown.is_patient()
+            && monoio::select! {
+                r = tls.readable() => r.is_ok(),
+                _ = &mut deadline => false,
+            }
     }
 
     /// Reads until a complete request head is buffered, within `request_header` of the first

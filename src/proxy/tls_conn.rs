@@ -145,13 +145,21 @@ impl TlsConn {
         self.tcp.readable(false).await
     }
 
-    /// Gives the ciphertext buffers back to the worker's pool if they hold nothing.
+    /// Gives the ciphertext buffers back to the worker's pool if they hold nothing, and makes
+    /// rustls shrink its own record buffer.
+    ///
+    /// rustls grows that buffer (its deframer's) in 4 KiB steps while a record arrives, so a
+    /// 16 KiB record of a request body leaves a 32 KiB allocation (the `Vec` doubles), and it
+    /// shrinks back to 4 KiB only at the next `read_tls` that finds it empty. A read that
+    /// yields nothing is such a call: it shrinks the buffer and changes nothing else (no bytes,
+    /// no EOF). The 4 KiB it keeps is the least rustls 0.23 allows.
     pub fn release_buffers(&mut self) {
         if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
             self.rx.release();
         }
         self.tx.release_if_empty();
+        let _ = self.tls.read_tls(&mut NothingYet);
     }
 
     /// Appends up to `max` decrypted bytes to `dst`. `Ok(0)` means the client closed the TLS
@@ -310,6 +318,15 @@ impl TlsConn {
             let _ = self.tcp.shutdown().await;
         }
         self.dead = true;
+    }
+}
+
+/// A reader with no bytes ready: see [`TlsConn::release_buffers`].
+struct NothingYet;
+
+impl io::Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
     }
 }
 

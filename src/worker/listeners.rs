@@ -26,6 +26,7 @@ use crate::config::AccessLogFormat;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::WorkerMetrics;
 use crate::ops::ratelimit::LogLimiter;
+use crate::proxy::idle_clock::IdleClock;
 use crate::proxy::upstream::{Pool, PoolTls};
 use crate::proxy::{self, Hosts, ListenerCtx, RoutePool};
 
@@ -49,6 +50,8 @@ struct Active {
 pub(crate) struct Listeners {
     worker: usize,
     shutdown: Rc<Shutdown>,
+    /// Keep-alive deadlines of the worker's idle connections, whichever listener they came to.
+    idle_clock: Rc<IdleClock>,
     gauge: Rc<ConnGauge>,
     active: Vec<Active>,
     access_log: AccessLogCell,
@@ -60,6 +63,7 @@ impl Listeners {
         Listeners {
             worker,
             shutdown,
+            idle_clock: Rc::default(),
             gauge,
             active: Vec::new(),
             access_log: Rc::new(RefCell::new(None)),
@@ -247,6 +251,7 @@ impl Listeners {
             tunnel_idle: settings.timeouts.tunnel_idle,
             shutdown: self.shutdown.clone(),
             retired,
+            idle_clock: self.idle_clock.clone(),
             sites,
             hosts,
             strict_sni: plan.strict_sni,
