@@ -360,7 +360,10 @@ fn context(tls: Arc<ServerConfig>, upstream: SocketAddr) -> Rc<ListenerCtx> {
         routes: Routes::default(),
         proxy_in: ProxyIn::default(),
         shutdown: Rc::new(Shutdown::default()),
+        retired: Rc::new(Shutdown::default()),
         idle_clock: Rc::default(),
+        h2c: None,
+        h2: crate::proxy::H2Limits::default(),
     })
 }
 
