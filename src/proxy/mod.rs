@@ -152,6 +152,7 @@ pub async fn serve(tcp: TcpStream, socket_peer: SocketAddr, ctx: Rc<ListenerCtx>
     // state only, not the larger of the two.
     let Some(Established {
         tls,
+        h2,
         peer,
         local,
         ctx,
@@ -162,18 +163,29 @@ pub async fn serve(tcp: TcpStream, socket_peer: SocketAddr, ctx: Rc<ListenerCtx>
     match ctx.protocol {
         // Boxed too (HTTP/2 and `tcp`): their state is larger than an idle HTTP/1.1
         // connection's, and inline it would set the size of every connection's task.
-        ListenerProtocol::Http if tls.alpn_protocol() == Some(b"h2") => {
-            Box::pin(h2::serve(tls, peer, local, ctx)).await
-        }
+        ListenerProtocol::Http if h2 => serve_h2(tls, peer, local, ctx).await,
         ListenerProtocol::Http => session::Session::new(tls, peer, local, ctx).run().await,
         ListenerProtocol::Tcp => Box::pin(tcp::serve(tls, peer, local, ctx)).await,
     }
+}
+
+/// The HTTP/2 loop, boxed: its state is larger than an idle HTTP/1.1 connection's, and inline
+/// it would set the size of every connection's task.
+fn serve_h2(
+    tls: TlsConn,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    ctx: Rc<ListenerCtx>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    Box::pin(h2::serve(tls, peer, local, ctx))
 }
 
 /// A connection whose handshake succeeded, with the addresses that name its client and the
 /// context its ClientHello chose.
 struct Established {
     tls: TlsConn,
+    /// The client negotiated HTTP/2 (ALPN `h2`).
+    h2: bool,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     ctx: Rc<ListenerCtx>,
@@ -276,6 +288,9 @@ async fn establish(
         "TLS connection established"
     );
     Some(Established {
+        // Decided here, not in `serve`'s match: a guard that borrows `tls` there keeps a
+        // second copy of it (1.3 KiB) in every connection's task.
+        h2: tls.alpn_protocol() == Some(b"h2"),
         tls,
         peer,
         local,
@@ -444,6 +459,16 @@ mod tests {
                 retired: Rc::new(Shutdown::default()),
                 idle_clock: Rc::default(),
             });
+            let tcp2 = TcpStream::connect_addr(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            // The whole task's future too: the HTTP/2 and tcp loops are boxed, and nothing of
+            // the handshake or a borrowed TlsConn may stay in it (2088 bytes; a `tls`
+            // borrowed in a match guard made it 3424).
+            let whole = serve(tcp2, "127.0.0.1:1".parse().unwrap(), ctx.clone());
+            let size = std::mem::size_of_val(&whole);
+            assert!(size <= 2304, "a connection's task future is {size} bytes");
+            drop(whole);
             let tls = TlsConn::new(tcp, rustls::ServerConnection::new(config).unwrap());
             let session = session::Session::new(tls, "127.0.0.1:1".parse().unwrap(), None, ctx);
             let run = session.run();
