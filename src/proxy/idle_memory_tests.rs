@@ -330,41 +330,7 @@ fn exchange(c: &mut Client, up: usize, down: usize) {
 
 /// A listener context with `tls` and `upstream` and defaults for the rest.
 fn context(tls: Arc<ServerConfig>, upstream: SocketAddr) -> Rc<ListenerCtx> {
-    Rc::new(ListenerCtx {
-        name: "idle".into(),
-        index: 0,
-        metrics: Rc::new(
-            crate::ops::metrics::Metrics::new()
-                .generation(&[], 1)
-                .pop()
-                .expect("one worker's metrics"),
-        ),
-        access_log: None,
-        failure_log: Rc::new(LogLimiter::new(1)),
-        tls,
-        cache: crate::tls::cache::CacheConfig::new(0, std::time::Duration::from_secs(1)),
-        pool: Rc::new(upstream::Pool::new(upstream, None)),
-        upstream_host: Vec::new(),
-        timeouts: Timeouts::default(),
-        limits: Limits::default(),
-        max_connections: 1,
-        upgrade: Vec::new(),
-        tunnel_idle: std::time::Duration::from_secs(1),
-        verifies_clients: false,
-        protocol: ListenerProtocol::Http,
-        upstream_proxy_protocol: ProxyVersion::Off,
-        passthrough: crate::sni::SniRoutes::default(),
-        sites: Vec::new(),
-        hosts: None,
-        strict_sni: false,
-        routes: Routes::default(),
-        proxy_in: ProxyIn::default(),
-        shutdown: Rc::new(Shutdown::default()),
-        retired: Rc::new(Shutdown::default()),
-        idle_clock: Rc::default(),
-        h2c: None,
-        h2: crate::proxy::H2Limits::default(),
-    })
+    super::tests::test_context(tls, upstream)
 }
 
 /// Heap bytes an idle keep-alive connection may hold after it served requests: what the

@@ -399,6 +399,46 @@ mod idle_memory_tests;
 mod tests {
     use super::*;
 
+    /// A listener context with `tls` and `upstream` and defaults for the rest (also the idle
+    /// memory tests').
+    pub(super) fn test_context(tls: Arc<ServerConfig>, upstream: SocketAddr) -> Rc<ListenerCtx> {
+        Rc::new(ListenerCtx {
+            name: "test".into(),
+            index: 0,
+            metrics: Rc::new(
+                crate::ops::metrics::Metrics::new()
+                    .generation(&[], 1)
+                    .pop()
+                    .expect("one worker's metrics"),
+            ),
+            access_log: None,
+            failure_log: Rc::new(LogLimiter::new(1)),
+            tls,
+            cache: crate::tls::cache::CacheConfig::new(0, std::time::Duration::from_secs(1)),
+            pool: Rc::new(upstream::Pool::new(upstream, None)),
+            upstream_host: Vec::new(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            max_connections: 1,
+            upgrade: Vec::new(),
+            tunnel_idle: std::time::Duration::from_secs(1),
+            verifies_clients: false,
+            protocol: ListenerProtocol::Http,
+            upstream_proxy_protocol: ProxyVersion::Off,
+            h2c: None,
+            h2: H2Limits::default(),
+            passthrough: crate::sni::SniRoutes::default(),
+            sites: Vec::new(),
+            hosts: None,
+            strict_sni: false,
+            routes: Routes::default(),
+            proxy_in: ProxyIn::default(),
+            shutdown: Rc::new(Shutdown::default()),
+            retired: Rc::new(Shutdown::default()),
+            idle_clock: Rc::default(),
+        })
+    }
+
     /// An idle keep-alive connection's whole state is its task's future. The per-request
     /// state (parsed heads, relay futures) is boxed per exchange; if it ever moves back inline,
     /// every idle connection grows by ~16 KiB, and this fails. (It is 1.9 KiB, the `Session`
@@ -424,41 +464,7 @@ mod tests {
                     .with_single_cert(vec![cert.cert_der.clone()], cert.key_der.clone_key())
                     .unwrap(),
             );
-            let ctx = Rc::new(ListenerCtx {
-                name: "size".into(),
-                index: 0,
-                metrics: Rc::new(
-                    crate::ops::metrics::Metrics::new()
-                        .generation(&[], 1)
-                        .pop()
-                        .unwrap(),
-                ),
-                access_log: None,
-                failure_log: Rc::new(LogLimiter::new(1)),
-                tls: config.clone(),
-                cache: crate::tls::cache::CacheConfig::new(0, std::time::Duration::from_secs(1)),
-                pool: Rc::new(upstream::Pool::new("127.0.0.1:9".parse().unwrap(), None)),
-                upstream_host: Vec::new(),
-                timeouts: Timeouts::default(),
-                limits: Limits::default(),
-                max_connections: 1,
-                upgrade: Vec::new(),
-                tunnel_idle: std::time::Duration::from_secs(1),
-                verifies_clients: false,
-                protocol: ListenerProtocol::Http,
-                upstream_proxy_protocol: ProxyVersion::Off,
-                h2c: None,
-                h2: H2Limits::default(),
-                passthrough: crate::sni::SniRoutes::default(),
-                sites: Vec::new(),
-                hosts: None,
-                strict_sni: false,
-                routes: Routes::default(),
-                proxy_in: ProxyIn::default(),
-                shutdown: Rc::new(Shutdown::default()),
-                retired: Rc::new(Shutdown::default()),
-                idle_clock: Rc::default(),
-            });
+            let ctx = test_context(config.clone(), "127.0.0.1:9".parse().unwrap());
             let tcp2 = TcpStream::connect_addr(listener.local_addr().unwrap())
                 .await
                 .unwrap();
