@@ -200,10 +200,30 @@ http {
     location /xff { return 200 "xff=\$http_x_forwarded_for\n"; }
     # A 64 KiB response (ab.sh's ka-tls-64k): a static file, Content-Length framing.
     location = /64k { alias $d/64k.bin; }
+    # Bodies of real sizes. /d/<bytes>: static files of 1 KiB to 1 MiB and 128 MiB (bulk
+    # downloads), Content-Length framing. /c/<bytes>: the same files sent chunked (SSI drops
+    # the length; the files hold no SSI directives). /u: an upload sink that reads the whole
+    # body before it answers (proxy_pass buffers it, then asks / without it): a plain return
+    # would answer first, and a terminator that sees an early answer may close the connection
+    # instead of keeping it.
+    location /d/ { alias $d/d/; }
+    location /c/ { alias $d/d/; ssi on; ssi_types *; }
+    location = /u {
+      client_max_body_size 0;
+      client_body_buffer_size 2m;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_pass http://127.0.0.1:$UPSTREAM_PORT/;
+    }
   }
 }
 EOF
   head -c 65536 /dev/zero | tr '\0' x >"$d/64k.bin"
+  mkdir -p "$d/d"
+  local k
+  for k in 1 2 4 8 16 64 256 1024 131072; do
+    [[ -s $d/d/$((k * 1024)) ]] || head -c $((k * 1024)) /dev/zero | tr '\0' x >"$d/d/$((k * 1024))"
+  done
   start upstream "$GEN_CPU" nginx -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" -g 'daemon off;'
   wait_port "$UPSTREAM_PORT" upstream
 }
