@@ -7,6 +7,14 @@ The terminator's CPU time (utime+stime of its whole process tree) is read just b
 after the command; divided by the requests the load generator completed, that gives the
 terminator's CPU microseconds per request, which stays meaningful when the load generator (not
 the terminator) is the bottleneck. The command's raw output is kept next to the results.
+
+Bulk transfers (`--tool curl`): curl moves several large bodies over one keep-alive connection
+and prints one `-w` line per transfer; every transfer must have status 200 and exactly
+`--expect-bytes` bytes in its direction, and curl must have opened one connection in all. The
+figure is then the terminator's CPU milliseconds per GiB relayed (cpu_ms_per_gib).
+
+`--resumed KIND=SOURCE` (see resumed.py) reads the terminator's own handshake counters before
+and after the run, and records how many handshakes it completed and how many resumed.
 """
 
 import argparse
@@ -18,6 +26,7 @@ import time
 import urllib.request
 
 import procstat
+import resumed
 
 
 def parse_wrk(text):
@@ -113,6 +122,31 @@ def parse_grpc(text):
             "error_kinds": d["errors"]}
 
 
+def parse_curl(text):
+    """curl -w 'bulk %{http_code} %{size_download} %{size_upload} %{num_connects}\n', one line
+    per transfer. main() checks each transfer's size against --expect-bytes."""
+    transfers = []
+    for m in re.finditer(r"^bulk (\d+) (\d+) (\d+) (\d+)$", text, re.M):
+        code, down, up, connects = (int(g) for g in m.groups())
+        transfers.append({"code": code, "down": down, "up": up, "connects": connects})
+    return {"requests": len(transfers), "rps": None, "p50_ms": None, "p99_ms": None,
+            "errors": 0, "transfers": transfers}
+
+
+def check_transfers(r, expect, direction):
+    """Count as requests only the transfers with status 200 and the expected size; the rest
+    are errors. Adds bytes (relayed in the measured direction) and connections (opened)."""
+    ok = [t for t in r["transfers"] if t["code"] == 200 and t[direction] == expect]
+    r["errors"] += len(r["transfers"]) - len(ok)
+    r["requests"] = len(ok)
+    r["bytes"] = sum(t[direction] for t in ok)
+    r["connections"] = sum(t["connects"] for t in r["transfers"])
+    if r["transfers"] and r["connections"] != 1:
+        r["note"] = (f"{r['connections']} connections for {len(r['transfers'])} transfers "
+                     "(one keep-alive connection expected)")
+    del r["transfers"]
+
+
 def upstream_accepts(url):
     """Connections the upstream nginx has accepted so far (stub_status), or None."""
     if not url:
@@ -126,7 +160,7 @@ def upstream_accepts(url):
 
 
 PARSERS = {"wrk": parse_wrk, "oha": parse_oha, "stime": parse_stime, "h2load": parse_h2load,
-           "grpc": parse_grpc}
+           "grpc": parse_grpc, "curl": parse_curl}
 
 
 def main():
@@ -142,10 +176,17 @@ def main():
     ap.add_argument("--upstream-status", help="stub_status URL of the upstream nginx")
     ap.add_argument("--tags", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra fields for the result line (ab.sh: run number, load average)")
+    ap.add_argument("--expect-bytes", type=int,
+                    help="curl: the size every transfer must have in --direction")
+    ap.add_argument("--direction", choices=["down", "up"], default="down")
+    ap.add_argument("--resumed", metavar="KIND=SOURCE",
+                    help="count the terminator's full and resumed handshakes (resumed.py)")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
 
+    # The counters are read outside the CPU window: a scrape costs the terminator CPU too.
+    h0 = _snapshot(a.resumed)
     u0 = upstream_accepts(a.upstream_status)
     cpu = lambda: sum(procstat.cpu_ticks(p) for p in a.pid)
     t0, c0 = time.monotonic(), cpu()
@@ -157,6 +198,7 @@ def main():
         text, rc = f"TIMEOUT after {e.timeout}s\n{e.stdout or ''}", 124
     c1, t1 = cpu(), time.monotonic()
     u1 = upstream_accepts(a.upstream_status)
+    h1 = _snapshot(a.resumed)
     with open(a.raw, "w") as f:
         f.write(" ".join(cmd) + "\n\n" + text)
 
@@ -165,9 +207,15 @@ def main():
     except Exception as e:  # a crash of the generator or the terminator: record, don't stop
         r = {"requests": 0, "rps": 0.0, "p50_ms": None, "p99_ms": None, "errors": 1,
              "note": f"unparsable output ({e.__class__.__name__}), see {a.raw}"}
+    if a.tool == "curl":
+        check_transfers(r, a.expect_bytes, a.direction)
     cpu_us = (c1 - c0) * 1e6 / procstat.CLK_TCK
     wall = t1 - t0
-    if r["rps"] is None:  # s_time: only the count is usable
+    if a.tool == "curl":
+        r["rps"] = r["requests"] / wall if wall else 0.0
+        r["cpu_ms_per_gib"] = cpu_us / 1000 / (r["bytes"] / 2**30) if r["bytes"] else None
+        r["mib_per_s"] = r["bytes"] / 2**20 / wall if wall else None
+    elif r["rps"] is None:  # s_time: only the count is usable
         r["rps"] = r["requests"] / wall if wall else 0.0
         r["p50_ms"] = wall * 1000.0 / r["requests"] if r["requests"] else None
     r.update({
@@ -181,6 +229,12 @@ def main():
         "upstream_conns": u1 - u0 - 1 if u0 is not None and u1 is not None else None,
         "terminator_alive": all(procstat.tree(p) != [] and _alive(p) for p in a.pid),
     })
+    if h0 is not None and h1 is not None:
+        r["handshakes"] = h1[1] - h0[1]
+        r["resumed"] = h1[0] - h0[0]
+        r["resumed_share"] = r["resumed"] / r["handshakes"] if r["handshakes"] else None
+    elif a.resumed:
+        r["note"] = f"handshake counters unreadable ({a.resumed})"
     for kv in a.tags:
         k, _, v = kv.partition("=")
         r[k] = _number(v)
@@ -188,11 +242,31 @@ def main():
         f.write(json.dumps(r) + "\n")
     p50 = f"{r['p50_ms']:.2f}" if r["p50_ms"] is not None else "-"
     per = f"{r['cpu_us_per_req']:.1f}" if r["cpu_us_per_req"] else "-"
-    print(f"  {a.target:9} {a.scenario:14} {r['rps']:9.0f} req/s  p50 {p50} ms  "
-          f"cpu {per} us/req ({r['cpu_pct']:.0f}% core)  errors {r['errors']}  "
-          f"upstream conns {r['upstream_conns']}  rc {rc}")
+    extra = ""
+    if "resumed_share" in r:
+        share = "-" if r["resumed_share"] is None else f"{100 * r['resumed_share']:.0f}%"
+        extra = f"  resumed {r['resumed']}/{r['handshakes']} ({share})"
+    if a.tool == "curl":
+        gib = f"{r['cpu_ms_per_gib']:.0f}" if r["cpu_ms_per_gib"] else "-"
+        print(f"  {a.target:11} {a.scenario:15} {r['requests']} x {a.expect_bytes >> 20} MiB "
+              f"{a.direction}  {r['mib_per_s'] or 0:6.0f} MiB/s  cpu {gib} ms/GiB "
+              f"({r['cpu_pct']:.0f}% core)  errors {r['errors']}  connections "
+              f"{r['connections']}  rc {rc}")
+    else:
+        print(f"  {a.target:11} {a.scenario:15} {r['rps']:9.0f} req/s  p50 {p50} ms  "
+              f"cpu {per} us/req ({r['cpu_pct']:.0f}% core)  errors {r['errors']}  "
+              f"upstream conns {r['upstream_conns']}  rc {rc}{extra}")
     if not r["terminator_alive"]:
         print(f"  !! {a.target} (pid {a.pid}) is no longer running", file=sys.stderr)
+
+
+def _snapshot(spec):
+    if not spec:
+        return None
+    try:
+        return resumed.snapshot(spec)
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
 
 
 def _number(v):
