@@ -25,7 +25,8 @@ envoy_find() {
 }
 
 envoy_version() {
-  [[ -n $ENVOY ]] && "$ENVOY" --version 2>&1 | grep -o 'version: [^ ]*' | head -1 | cut -d' ' -f2 || echo missing
+  # "version: <commit>/1.40.0/Clean/RELEASE/BoringSSL" -> 1.40.0
+  [[ -n $ENVOY ]] && "$ENVOY" --version 2>&1 | grep -o 'version: [^ ]*' | head -1 | cut -d/ -f2 || echo missing
 }
 
 # envoy_listener NAME PORT CLUSTER [ALPN] [RESUMPTION]: one TLS listener, emitted under

