@@ -364,6 +364,9 @@ def markdown(rows, meta, notes):
                            f"{pct(r.get('resumed_share')) if 'resumed_share' in r else ''} |")
     out += ["", "Scenarios:", ""] + [f"- `{s}` ({u}): {d}" for s, d, u in SCENARIOS
                                      if s in runs.by]
+    if meta.get("tls"):
+        notes = notes + ["negotiated with an OpenSSL client (`openssl s_client`, as curl and wrk "
+                         "offer): " + "; ".join(f"{t} {v}" for t, v in meta["tls"].items())]
     if "xfcc_certgate_equals_envoy" in meta:
         notes = notes + [f"certgate's X-Forwarded-Client-Cert is byte for byte Envoy's: "
                          f"{'yes' if meta['xfcc_certgate_equals_envoy'] else 'NO'}"]

@@ -514,7 +514,13 @@ verify() {
   r=$(python3 "$HERE/probe_resume.py" "${PORT[$t]}" "$c/client.pem" "$c/client.key")
   want=full; [[ $mode == on ]] && want=reused
   [[ $r == "$want" ]] || warn "$t: resumption is '$r' but '$want' was configured"
-  printf '  %-12s ok: XFCC forwarded (%d chars), handshake %s\n' "$t" "${#hdr}" "$r"
+  # The version and AEAD an OpenSSL client (curl, wrk) gets: the cipher decides much of the
+  # bulk figures, so the report says which one each target chose.
+  local tls
+  tls=$(openssl s_client -connect "127.0.0.1:${PORT[$t]}" -brief </dev/null 2>&1 \
+    | sed -n 's/^Protocol version: //p; s/^Ciphersuite: //p' | paste -sd' ')
+  echo "$tls" >"$WORK/tls-$t.txt"
+  printf '  %-12s ok: XFCC forwarded (%d chars), handshake %s, %s\n' "$t" "${#hdr}" "$r" "${tls:-?}"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -877,6 +883,8 @@ json.dump({
   "loadavg_start": "$LOADAVG_START",
   "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "oha_pinned": "$OHA_VERSION",
+  "tls": {t: open(f"$WORK/tls-{t}.txt").read().strip() for t in "${TARGETS[*]}".split()
+          if __import__("os").path.exists(f"$WORK/tls-{t}.txt")},
   "xfcc_certgate_equals_envoy": $(cmp -s "$WORK/xfcc-certgate.txt" "$WORK/xfcc-envoy.txt" 2>/dev/null && echo True || echo False),
   "versions": {
     "certgate": "$("$CERTGATE_BIN" --version 2>&1 | head -1)",
@@ -915,7 +923,7 @@ main() {
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   NOFILE=$(ulimit -n)
   ((NOFILE > IDLE_CONNS * 2 + 200)) || die "open-file limit $NOFILE too low for IDLE_CONNS=$IDLE_CONNS"
-  rm -rf "$WORK/raw" "$WORK/logs" "$RESULTS_JSONL" "$WORK/notes.txt" "$WORK/nginx" "$WORK/nginx-plain" "$WORK"/xfcc-*.txt
+  rm -rf "$WORK/raw" "$WORK/logs" "$RESULTS_JSONL" "$WORK/notes.txt" "$WORK/nginx" "$WORK/nginx-plain" "$WORK"/xfcc-*.txt "$WORK"/tls-*.txt
   mkdir -p "$WORK/raw" "$WORK/logs" "$RESULTS"
   : >"$WORK/notes.txt"
   LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
