@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Envoy for the load tests: install, binary, listener/cluster/admin generators and start.
 # Sourced by run.sh (HTTP/1.1 over TLS, resumption on or off) and, through run.sh, by h2.sh
 # (HTTP/2 and gRPC). Uses run.sh's WORK, TERM_CPU and start().

@@ -60,6 +60,7 @@ GOALS = {
     "new-full": ("nginx", 0.45, "first round: full handshakes ≤ 0.45× nginx"),
     "new-full-mtls": ("nginx", 0.35, "first round: full mTLS handshakes ≤ 0.35× nginx"),
 }
+IDLE_GOAL = 0.5     # goal 1: idle connection after a request, certgate ÷ nginx
 RESUMED_MIN = 0.9   # below this share of resumed handshakes, new-resume is not what it says
 
 
@@ -240,6 +241,14 @@ def markdown(rows, meta, notes):
         met = "**met**" if st.median <= limit else "not met"
         goal_rows.append(f"| {s} | {what} | certgate ÷ {name} | {st.text(2, '×')} | ≤ {limit} | "
                          f"{met} | {st.n} |")
+    # Goal 1: an idle connection that has served a request, ≤ 0.5× nginx (one run).
+    idle = {r["target"]: r.get("bytes_per_conn") for r in rows if r["scenario"] == "idle-mtls"}
+    if idle.get("certgate") and idle.get("nginx"):
+        q = idle["certgate"] / idle["nginx"]
+        goal_rows.insert(0, f"| idle (after 1 request) | goal 1: idle mTLS connection after a "
+                         f"request ≤ 0.5× nginx | certgate ÷ nginx, KiB per connection | "
+                         f"{q:.2f}× | ≤ {IDLE_GOAL} | {'**met**' if q <= IDLE_GOAL else 'not met'} "
+                         "| 1 |")
     if goal_rows:
         out += ["", "## Goals (issue 12)", "",
                 "| scenario | goal | ratio | median (range) | limit | | runs |",
@@ -426,7 +435,8 @@ def svg(rows):
     target at its median with the range as a whisker, and certgate's ratio to each peer (and
     the goal, where there is one) under the panel."""
     runs = Runs(rows)
-    panels = runs.scenarios()
+    panels = [_scenario_panel(runs, s) for s in runs.scenarios()]
+    panels += [p for p in (_idle_panel(rows, s) for s, _ in IDLE) if p]
     ncol = 4
     nrow = max(1, math.ceil(len(panels) / ncol))
     PW, PH = 250, 250   # one panel
@@ -436,21 +446,25 @@ def svg(rows):
          f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">',
          f'<rect width="{W}" height="{H}" fill="white"/>',
          f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
-         'Terminator CPU per request (µs) or per GiB (ms, bulk): median of the runs, whisker = '
-         'range; lower is better</text>']
+         'Terminator CPU per request (µs) or GiB (ms), idle memory (KiB): medians, '
+         'whisker = range</text>']
     lx = left + 10
     for t in TARGETS + [PLAIN, "certgate-ops"]:
         e.append(f'<rect x="{lx}" y="34" width="11" height="11" fill="{COLORS[t]}"/>')
         e.append(f'<text x="{lx + 15}" y="44">{t}</text>')
         lx += 115
-    for i, s in enumerate(panels):
+    for i, p in enumerate(panels):
         ox, oy = left + (i % ncol) * PW, top + (i // ncol) * PH
-        e += _panel(runs, s, ox, oy, PW, PH)
+        e += _panel(*p, ox, oy, PW, PH)
     e.append("</svg>")
     return "\n".join(e) + "\n"
 
 
-def _panel(runs, s, ox, oy, pw, ph):
+IDLE = [("idle-mtls", "idle after 1 request"), ("idle-mtls-handshake-only", "idle, handshake only")]
+
+
+def _scenario_panel(runs, s):
+    """(title, unit, targets, stats, shares, lines) of one scenario's panel."""
     unit = dict((n, u) for n, _, u in SCENARIOS)[s]
     targets = runs.targets(s)
     stats = {t: runs.stat(s, t) for t in targets}
@@ -458,6 +472,44 @@ def _panel(runs, s, ox, oy, pw, ph):
     if s == "ka-mtls-ops":  # beside certgate's plain ka-mtls of the same runs
         targets = ["certgate"] + targets
         stats["certgate"] = runs.stat("ka-mtls", "certgate")
+    # Ratios and goal under the plot.
+    lines = []
+    if s == "ka-mtls-ops":
+        st = runs.ratios(s, ("certgate", "ka-mtls"), ("certgate-ops", None))
+        lines.append(f"÷ certgate ka-mtls {st.text(2, '×')}")
+    else:
+        for p in PEERS + ([PLAIN] if s in KA else []):
+            st = runs.ratios(s, p)
+            if st.median is not None:
+                lines.append(f"certgate÷{p} {st.text(2, '×')}")
+        if s in GOALS:
+            ref, limit, _ = GOALS[s]
+            st = runs.ratios(s, ref)
+            if st.median is not None:
+                ok = "met" if st.median <= limit else "NOT met"
+                lines.append(f"goal ≤ {limit}× {'best peer' if ref == 'best' else ref}: {ok}")
+    low = {t for t, sh in shares.items()
+           if s == "new-resume" and sh.lo is not None and sh.lo < RESUMED_MIN}
+    return s, unit, targets, stats, shares, low, lines
+
+
+def _idle_panel(rows, scenario):
+    """The idle-memory figures (one run) as a panel, or None."""
+    idle = {r["target"]: r for r in rows if r["scenario"] == scenario}
+    targets = [t for t in TARGETS if idle.get(t, {}).get("bytes_per_conn") is not None]
+    if not targets:
+        return None
+    stats = {t: Stat([idle[t]["bytes_per_conn"] / 1024]) for t in targets}
+    cg = stats.get("certgate")
+    lines = [f"certgate÷{t} {cg.median / stats[t].median:.2f}×" for t in targets
+             if cg and t != "certgate" and stats[t].median]
+    if scenario == "idle-mtls" and cg and "nginx" in stats:
+        ok = "met" if cg.median / stats["nginx"].median <= IDLE_GOAL else "NOT met"
+        lines.append(f"goal ≤ {IDLE_GOAL}× nginx: {ok}")
+    return dict(IDLE)[scenario], "KiB/conn", targets, stats, {}, set(), lines
+
+
+def _panel(s, unit, targets, stats, shares, low, lines, ox, oy, pw, ph):
     vmax = max([st.hi for st in stats.values() if st.hi] or [1])
     raw = vmax / 4
     mag = 10 ** math.floor(math.log10(raw))
@@ -494,25 +546,8 @@ def _panel(runs, s, ox, oy, pw, ph):
                  f'font-size="9">{st.median:.0f}</text>')
         sh = shares.get(t)
         if sh and sh.median is not None:  # the resumed share under its bar
-            low = s == "new-resume" and sh.lo < RESUMED_MIN
             e.append(f'<text x="{cx:.1f}" y="{y0 + h + 10}" text-anchor="middle" font-size="8" '
-                     f'fill="{"#c92a2a" if low else "#666"}">r {100 * sh.median:.0f}%</text>')
-    # Ratios and goal under the plot.
-    lines = []
-    if s == "ka-mtls-ops":
-        st = runs.ratios(s, ("certgate", "ka-mtls"), ("certgate-ops", None))
-        lines.append(f"÷ certgate ka-mtls {st.text(2, '×')}")
-    else:
-        for p in PEERS + ([PLAIN] if s in KA else []):
-            st = runs.ratios(s, p)
-            if st.median is not None:
-                lines.append(f"certgate÷{p} {st.text(2, '×')}")
-        if s in GOALS:
-            ref, limit, _ = GOALS[s]
-            st = runs.ratios(s, ref)
-            if st.median is not None:
-                ok = "met" if st.median <= limit else "NOT met"
-                lines.append(f"goal ≤ {limit}× {'best peer' if ref == 'best' else ref}: {ok}")
+                     f'fill="{"#c92a2a" if t in low else "#666"}">r {100 * sh.median:.0f}%</text>')
     for k, line in enumerate(lines):
         e.append(f'<text x="{ox + 12}" y="{y0 + h + 22 + k * 13}" font-size="10" '
                  f'fill="#444">{html.escape(line)}</text>')
