@@ -78,9 +78,17 @@ session_resumption = $([[ $1 == on ]] && echo true || echo false)
 EOF
 }
 
-crowd_nginx_conf() {  # MODE(on|off)
-  local conf extra=""
+# nginx closes idle keep-alive connections ("worker_connections are not enough, reusing
+# connections") as soon as fewer than 1/16 of its worker_connections are free: for MANY_N
+# connections it needs 16/15 of that, beyond the open-file limit (nginx warns that
+# worker_connections exceed it; the descriptors it really opens stay under it).
+crowd_nginx_conf() {  # MODE(on|off) [CONNECTIONS]
+  local conf extra="" wc=$(( ${2:-0} * 16 / 15 + 300 ))
+  ((wc > NOFILE - 100)) || wc=$((NOFILE - 100))   # run.sh's, when that is more
   conf=$(nginx_conf "$1" | sed -E "s/^(\s*)keepalive_timeout [^;]*;/\1keepalive_timeout ${IDLE_TIMEOUT}s;/")
+  if ((${2:-0})); then
+    conf=$(sed -E "s/worker_connections ([0-9]+);/worker_connections $wc;/" <<<"$conf")
+  fi
   grep -q "keepalive_timeout ${IDLE_TIMEOUT}s;" <<<"$conf" || extra+="  keepalive_timeout ${IDLE_TIMEOUT}s;\n"
   grep -q client_header_timeout <<<"$conf" || extra+="  client_header_timeout ${IDLE_TIMEOUT}s;\n"
   # The mixed case uploads 1 MiB bodies (nginx's default limit is 1m).
@@ -88,7 +96,8 @@ crowd_nginx_conf() {  # MODE(on|off)
   sed "0,/^http {/s//http {\n$extra/" <<<"$conf"
 }
 
-# crowd_start TARGET MODE [ADMIN]: a freshly started terminator, checked end to end.
+# crowd_start TARGET MODE [ADMIN] [CONNECTIONS]: a freshly started terminator, checked end to
+# end; CONNECTIONS: how many idle ones it must keep (nginx).
 crowd_start() {
   local t=$1 mode=$2
   case $t in
@@ -97,7 +106,7 @@ crowd_start() {
       start_certgate certgate "$CERTGATE_BIN" "$WORK/certgate-$mode.toml" ;;
     nginx)
       mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
-      crowd_nginx_conf "$mode" >"$WORK/nginx-$mode.conf"
+      crowd_nginx_conf "$mode" "${4:-0}" >"$WORK/nginx-$mode.conf"
       start nginx "$TERM_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx-$mode.conf" \
         -e "$WORK/nginx/logs/error.log" -g 'daemon off;' ;;
   esac
@@ -186,7 +195,7 @@ scenario_many() {
   for ((run = 1; run <= MANY_RUNS; run++)); do
     log "many $run/$MANY_RUNS: $(order "$run")"
     for t in $(order "$run"); do
-      crowd_start "$t" on
+      crowd_start "$t" on 0 "$MANY_N"
       busy="nice -n -5 taskset -c $GEN_CPU $OHA -c 8 -z ${MANY_DURATION}s --output-format json ${OHA_TLS[*]} --cert $c/client.pem --key $c/client.key"
       ((STEADY_QPS)) && busy+=" -q $STEADY_QPS --latency-correction"
       busy+=" https://127.0.0.1:${PORT[$t]}/"

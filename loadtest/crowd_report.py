@@ -106,6 +106,10 @@ def idle_section(rows, meta, summary):
         f = Figures(sr)
         out.append(f.row(f"KiB per connection {what}",
                          lambda r: r["bytes_per_conn"] / 1024, 1, goal, key=state))
+        if any(r.get("shmem_bytes_per_conn") for r in sr):
+            out.append(f.row("… of which shared memory (RssShmem)",
+                             lambda r: r["shmem_bytes_per_conn"] / 1024, 1, ratio=False,
+                             key=state + "-shmem"))
         summary += f.summary
     if not any_rows:
         return []
@@ -219,6 +223,9 @@ def many_section(rows, meta, summary):
     out += [
         f.row("KiB per idle connection", lambda r: r["bytes_per_conn"] / 1024, 1,
               key="many_kib_per_conn"),
+        f.row("… of which shared memory (RssShmem)",
+              lambda r: r["shmem_bytes_per_conn"] / 1024, 1, ratio=False,
+              key="many_shmem_kib_per_conn"),
         f.row("busy p99 among the idle ones, ms", lambda r: r["busy"]["p99_ms"], 2,
               key="many_busy_p99_ms"),
         f.row("busy p50 among the idle ones, ms", lambda r: r["busy"]["p50_ms"], 2,
@@ -280,6 +287,14 @@ def main():
     out += idle_section(rows, meta, summary)
     out += flood_section(rows, meta, summary)
     out += many_section(rows, meta, summary)
+    for r in rows:
+        if "still_open" in r and r["still_open"] < r["opened"]:
+            notes.append(f"{r['scenario']} run {r.get('run')}: {r['target']} closed "
+                         f"{r['opened'] - r['still_open']} of {r['opened']} idle connections "
+                         f"before the measurement; that figure is not comparable.")
+        if r.get("failed"):
+            notes.append(f"{r['scenario']} run {r.get('run')}: {r['failed']} of {r['target']}'s "
+                         f"connections failed to open ({r.get('first_error') or 'no error kept'})")
     notes = [n for n in notes if n]
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]

@@ -122,6 +122,22 @@ def request(conn, path, method="GET", body=0):
     return head.split(b" ", 2)[1]
 
 
+def shmem_kib(root):
+    """Sum of RssShmem of the tree, KiB: the part of VmRSS in shared memory (nginx's SSL session
+    cache is a shared zone, filled as connections handshake), shown beside the total."""
+    total = 0
+    for pid in procstat.tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("RssShmem:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
 def still_open(conns):
     """Connections the server has not closed: a non-blocking read must find no data and no EOF."""
     n = 0
@@ -239,7 +255,7 @@ def main():
                     raise SystemExit(f"{a.target}: warm-up {method} {path} failed")
         c.close()
     time.sleep(1)
-    before = procstat.rss_kib(a.pid)
+    before, shm_before = procstat.rss_kib(a.pid), shmem_kib(a.pid)
 
     mid, mid_n, pipes, kids = None, a.n // 4, [], []
     t0 = time.monotonic()
@@ -249,7 +265,7 @@ def main():
         for i in range(a.n):
             if i == mid_n:
                 time.sleep(2)
-                mid, mid_n = procstat.rss_kib(a.pid), len(conns)
+                mid, mid_n, shm_mid = procstat.rss_kib(a.pid), len(conns), shmem_kib(a.pid)
             try:
                 c = connect(ctx, a.port, src)
             except (OSError, ssl.SSLError) as e:
@@ -293,7 +309,7 @@ def main():
     # TLS 1.3: the client's certificate and Finished arrive after the client considers the
     # handshake done; give the server time to process them before measuring.
     time.sleep(2)
-    after = procstat.rss_kib(a.pid)
+    after, shm_after = procstat.rss_kib(a.pid), shmem_kib(a.pid)
 
     def check():
         if a.mixed:
@@ -328,7 +344,8 @@ def main():
         "scenario": scenario,
         "requests": len(script), "failed_requests": bad, "n": a.n, "opened": opened,
         "failed": failed, "first_error": err, "still_open": alive, "rss_before_kib": before,
-        "rss_after_kib": after,
+        "rss_after_kib": after, "shmem_before_kib": shm_before, "shmem_after_kib": shm_after,
+        "shmem_bytes_per_conn": (shm_after - shm_before) * 1024 / opened if opened else None,
         "bytes_per_conn": (after - before) * 1024 / opened if opened else None,
         "open_seconds": round(opened_s, 2), "request_seconds": round(request_s, 2),
         "procs": a.procs, "src_base": a.src_base,
@@ -338,7 +355,9 @@ def main():
         # connection's large bodies left in the allocator (freed, still resident) is in both
         # readings and cancels out; from `before`, it would be charged to the connections.
         r.update(bytes_per_conn_from_start=r["bytes_per_conn"], rss_mid_kib=mid,
-                 mid_conns=mid_n, bytes_per_conn=(after - mid) * 1024 / (opened - mid_n))
+                 mid_conns=mid_n, bytes_per_conn=(after - mid) * 1024 / (opened - mid_n),
+                 shmem_mid_kib=shm_mid,
+                 shmem_bytes_per_conn=(shm_after - shm_mid) * 1024 / (opened - mid_n))
     r.update(t.split("=", 1) for t in a.tags)
     with open(a.out, "a") as f:
         f.write(json.dumps(r) + "\n")
@@ -347,7 +366,8 @@ def main():
     print(f"  {a.target:9} {r['scenario']} ({len(script)} req/conn, {bad} failed)  "
           f"{opened} open in {opened_s:.1f} s ({failed} failed{': ' + err if err else ''}, "
           f"{alive} still open)  RSS {before}{via} -> {after} KiB  = "
-          f"{per / 1024 if per else 0:.1f} KiB/conn")
+          f"{per / 1024 if per else 0:.1f} KiB/conn (shared memory "
+          f"{(r['shmem_bytes_per_conn'] or 0) / 1024:.1f})")
     for k in ("busy_baseline", "busy"):
         b = r.get(k)
         if b:
