@@ -44,6 +44,9 @@ CROWD=(certgate nginx)
 # wait idle while the others are opened, up to a few minutes with many connections.
 IDLE_TIMEOUT=900
 
+# run.sh's log, with the time of day: a full run takes an hour or more.
+log() { printf '\n== %s %s\n' "$(date +%H:%M:%S)" "$*"; }
+
 # order RUN: the targets in the order of that run (certgate nginx, nginx certgate, ...).
 order() { if (($1 % 2)); then echo "${CROWD[*]}"; else printf '%s\n' "${CROWD[@]}" | tac | xargs; fi; }
 
@@ -222,7 +225,9 @@ estimate() {
       idle)
         for st in "${IDLE_STATES[@]}"; do
           case $st in
-            mixed) sec=$((sec + 10 + IDLE_CONNS_MIXED * 250 / 1000)) ;;   # ~0.25 s per connection
+            # mixed: ~0.15 s per connection through certgate, ~0.5 s through nginx (whose
+            # 16-64 KiB uploads wait for delayed ACKs on the way to the upstream)
+            mixed) sec=$((sec + 10 + IDLE_CONNS_MIXED * 350 / 1000)) ;;
             *) sec=$((sec + 9 + IDLE_CONNS * 4 / 1000)) ;;                # ~4 ms per connection
           esac
         done
@@ -245,6 +250,8 @@ json.dump({
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "started": "$STARTED_AT",
   "commit": "$commit",
+  "certgate_bin": "$CERTGATE_BIN",
+  "certgate_sha256": "$(sha256sum "$CERTGATE_BIN" | cut -c1-16)",
   "scenarios": "${SCENARIOS[*]}",
   "runs": $RUNS, "many_runs": $MANY_RUNS,
   "idle_conns": $IDLE_CONNS, "idle_conns_mixed": $IDLE_CONNS_MIXED,

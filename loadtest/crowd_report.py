@@ -275,7 +275,7 @@ def main():
     out = [f"# Crowds: certgate vs nginx, idle memory, handshake flood, many connections",
            "",
            f"{meta['date']} (started {meta['started']}), certgate {meta['commit']} "
-           f"({v['certgate']}), nginx {v['nginx']}, {v['oha']}, Python {v['python']}; "
+           f"({v['certgate']}, {meta.get('certgate_bin')}, sha256 {meta.get('certgate_sha256')}…), nginx {v['nginx']}, {v['oha']}, Python {v['python']}; "
            f"{meta['nproc']} cores ({meta['cpu']}), kernel {meta['kernel']}, load average "
            f"{meta['loadavg_start']} → {meta['loadavg_end']}, open-file limit {meta['nofile']}.",
            "",
