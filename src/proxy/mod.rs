@@ -6,6 +6,7 @@ mod buffers;
 mod client;
 pub mod error;
 mod h2;
+pub mod handshake_turns;
 pub mod idle_clock;
 mod passthrough;
 mod proxy_in;
@@ -90,6 +91,8 @@ pub struct ListenerCtx {
     pub retired: Rc<Shutdown>,
     /// The worker's keep-alive deadlines (shared by all its listeners).
     pub idle_clock: Rc<idle_clock::IdleClock>,
+    /// The worker's turns for handshake cryptography (shared by all its listeners).
+    pub handshake_turns: Rc<handshake_turns::HandshakeTurns>,
     /// `[[listener.site]]`s: the context a ClientHello naming one of them continues with.
     pub sites: Vec<Rc<ListenerCtx>>,
     /// For a listener with sites (and each of its sites): the name map, and which site this
@@ -246,7 +249,8 @@ async fn establish(
     // (the same bound as a client stalling mid-body).
     tls.set_write_timeout(ctx.timeouts.keep_alive);
     let cache_before = cache::stats();
-    let failed = match monoio::time::timeout_at(deadline, tls.handshake()).await {
+    let failed = match monoio::time::timeout_at(deadline, tls.handshake(&ctx.handshake_turns)).await
+    {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some((FailReason::of_io(&e), e.to_string())),
         Err(_) => Some((
@@ -436,6 +440,7 @@ mod tests {
             shutdown: Rc::new(Shutdown::default()),
             retired: Rc::new(Shutdown::default()),
             idle_clock: Rc::default(),
+            handshake_turns: Rc::default(),
         })
     }
 

@@ -101,6 +101,8 @@ pub(crate) async fn hello(mut tcp: TcpStream, peer: SocketAddr, ctx: &Rc<Listene
             let _ = tcp.write_all(UNRECOGNIZED_NAME.to_vec()).await;
             return Hello::Done;
         };
+        // rustls answers the ClientHello here (key exchange and signature): a handshake step.
+        ctx.handshake_turns.take().await;
         return match accepted.into_connection(site.tls.clone()) {
             Ok(conn) => Hello::Terminate(tcp, Box::new(conn), site),
             Err((e, mut alert)) => {

@@ -9,6 +9,7 @@
 //! the connection is idle.
 
 use std::io::{self, BufRead, Write};
+use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -18,6 +19,7 @@ use rustls::ServerConnection;
 use rustls_pki_types::CertificateDer;
 
 use super::buffers::{PooledBuf, Slot};
+use super::handshake_turns::HandshakeTurns;
 
 pub struct TlsConn {
     tcp: TcpStream,
@@ -106,7 +108,10 @@ impl TlsConn {
 
     /// Runs the handshake to completion. Ciphertext that follows the client's Finished stays
     /// buffered (in rustls or in `rx`) for the first `read_plain`.
-    pub async fn handshake(&mut self) -> io::Result<()> {
+    ///
+    /// Each step's cryptography waits for a turn of the worker (`turns`), so a flood of
+    /// handshakes does not hold up the worker's established connections.
+    pub async fn handshake(&mut self, turns: &Rc<HandshakeTurns>) -> io::Result<()> {
         loop {
             if self.tls.wants_write() {
                 self.flush().await?;
@@ -114,12 +119,14 @@ impl TlsConn {
             if !self.tls.is_handshaking() {
                 return Ok(());
             }
-            if self.feed().await? == 0 {
+            if self.take_in().await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "client closed during the TLS handshake",
                 ));
             }
+            turns.take().await;
+            self.process().await?;
         }
     }
 
@@ -192,6 +199,16 @@ impl TlsConn {
     /// Hands buffered ciphertext to rustls, reading from the socket first if none is buffered.
     /// Returns the number of ciphertext bytes fed (0 at EOF).
     async fn feed(&mut self) -> io::Result<usize> {
+        let n = self.take_in().await?;
+        if n > 0 {
+            self.process().await?;
+        }
+        Ok(n)
+    }
+
+    /// Hands buffered ciphertext to rustls without processing it, reading from the socket
+    /// first if none is buffered. Returns the number of bytes handed over (0 at EOF).
+    async fn take_in(&mut self) -> io::Result<usize> {
         if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
             let n = self.rx.refill(&mut self.tcp).await?;
@@ -203,6 +220,11 @@ impl TlsConn {
         let mut pending = &self.rx.get_ref()[self.rx_pos..];
         let n = self.tls.read_tls(&mut pending)?;
         self.rx_pos += n;
+        Ok(n)
+    }
+
+    /// Lets rustls process what it was handed (decryption; in a handshake, its cryptography).
+    async fn process(&mut self) -> io::Result<()> {
         if let Err(e) = self.tls.process_new_packets() {
             // Taken synchronously after the verifier ran (a refusal always fails this call):
             // by the first await another connection of this worker could refuse one too.
@@ -211,7 +233,7 @@ impl TlsConn {
             let _ = self.flush().await;
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Encrypts `data` into rustls' outgoing queue, flushing when the queue is full.

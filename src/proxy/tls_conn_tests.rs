@@ -77,7 +77,7 @@ where
             tcp,
             rustls::ServerConnection::new(pki().server.clone()).expect("server"),
         );
-        tls.handshake().await.expect("handshake");
+        tls.handshake(&Default::default()).await.expect("handshake");
         server(tls).await
     });
     (out, client.join().expect("client thread"))

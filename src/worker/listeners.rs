@@ -26,6 +26,7 @@ use crate::config::AccessLogFormat;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::WorkerMetrics;
 use crate::ops::ratelimit::LogLimiter;
+use crate::proxy::handshake_turns::HandshakeTurns;
 use crate::proxy::idle_clock::IdleClock;
 use crate::proxy::upstream::{Pool, PoolTls};
 use crate::proxy::{self, Hosts, ListenerCtx, RoutePool};
@@ -52,6 +53,8 @@ pub(crate) struct Listeners {
     shutdown: Rc<Shutdown>,
     /// Keep-alive deadlines of the worker's idle connections, whichever listener they came to.
     idle_clock: Rc<IdleClock>,
+    /// Turns for handshake cryptography, whichever listener the handshake came to.
+    handshake_turns: Rc<HandshakeTurns>,
     gauge: Rc<ConnGauge>,
     active: Vec<Active>,
     access_log: AccessLogCell,
@@ -64,6 +67,7 @@ impl Listeners {
             worker,
             shutdown,
             idle_clock: Rc::default(),
+            handshake_turns: Rc::default(),
             gauge,
             active: Vec::new(),
             access_log: Rc::new(RefCell::new(None)),
@@ -252,6 +256,7 @@ impl Listeners {
             shutdown: self.shutdown.clone(),
             retired,
             idle_clock: self.idle_clock.clone(),
+            handshake_turns: self.handshake_turns.clone(),
             sites,
             hosts,
             strict_sni: plan.strict_sni,
