@@ -18,6 +18,11 @@ use monoio::io::AsyncReadRent;
 
 /// Every pooled buffer has this capacity: one TLS record of plaintext plus slack for headers.
 pub const BUF_CAPACITY: usize = 16 * 1024 + 1024;
+/// How much of a long body one read takes, from the app or from the client: four TLS records.
+/// Read 16 KiB at a time, a 128 MiB download cost 8192 reads from the app, 8192 flushes and
+/// as many trips through the event loop; at 64 KiB a quarter of each. A buffer grown to this
+/// still goes back to the pool (see `Drop`).
+pub const BULK_READ: usize = 64 * 1024;
 /// Free buffers kept per worker; beyond that, returned buffers are freed.
 const POOL_MAX: usize = 1024;
 
@@ -134,9 +139,17 @@ impl Slot {
 
     /// Replaces the buffer's contents with one read from `r` (the ciphertext reads of both TLS
     /// streams). `Ok(0)` at EOF. A cancelled read leaves the slot empty (see [`Slot::lend`]).
-    pub async fn refill<R: AsyncReadRent>(&mut self, r: &mut R) -> std::io::Result<usize> {
+    /// `room`: the most to read, when more than a pooled buffer holds (a long body's read).
+    pub async fn refill<R: AsyncReadRent>(
+        &mut self,
+        r: &mut R,
+        room: usize,
+    ) -> std::io::Result<usize> {
         self.lend(|mut buf| async move {
             buf.clear();
+            if buf.capacity() < room {
+                buf.reserve_exact(room);
+            }
             let cap = buf.capacity();
             let (res, slice) = r.read(buf.slice_mut(0..cap)).await;
             (res, Some(slice.into_inner()))

@@ -759,8 +759,10 @@ impl Session {
             tls.flush().await.map_err(ClientError::Io)?;
             upbuf.drain(..pos);
             pos = 0;
-            if upbuf.capacity() - upbuf.len() < 1024 {
-                upbuf.reserve(buffers::BUF_CAPACITY);
+            // A long body is read four records at a time; its last bytes, no more than it has.
+            let want = framer.read_hint(buffers::BULK_READ).max(1024);
+            if upbuf.capacity() - upbuf.len() < want {
+                upbuf.reserve(want);
             }
             let (res, buf) = read_up(&mut up.rd, upbuf, Some(Instant::now() + limit)).await;
             match (res, buf) {
@@ -807,7 +809,7 @@ async fn send_body<W: AsyncWriteRent>(
             return Ok(());
         }
         if adv.needs_input() {
-            let want = framer.read_hint(buffers::BUF_CAPACITY);
+            let want = framer.read_hint(buffers::BULK_READ);
             client.read_body(want, idle).await?;
         }
     }

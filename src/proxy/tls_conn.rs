@@ -18,7 +18,7 @@ use monoio::net::TcpStream;
 use rustls::ServerConnection;
 use rustls_pki_types::CertificateDer;
 
-use super::buffers::{PooledBuf, Slot};
+use super::buffers::{PooledBuf, Slot, BUF_CAPACITY};
 use super::handshake_turns::HandshakeTurns;
 
 pub struct TlsConn {
@@ -119,7 +119,7 @@ impl TlsConn {
             if !self.tls.is_handshaking() {
                 return Ok(());
             }
-            if self.take_in().await? == 0 {
+            if self.take_in(0).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "client closed during the TLS handshake",
@@ -169,23 +169,38 @@ impl TlsConn {
         let _ = self.tls.read_tls(&mut NothingYet);
     }
 
-    /// Appends up to `max` decrypted bytes to `dst`. `Ok(0)` means the client closed the TLS
-    /// session (close_notify, or a TCP EOF, which for a request stream is just as final).
+    /// Appends up to `max` decrypted bytes to `dst`: all that is already at hand, or, when
+    /// nothing is, what the next read from the socket brings. `Ok(0)` means the client closed
+    /// the TLS session (close_notify, or a TCP EOF, which for a request stream is just as final).
     pub async fn read_plain(&mut self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        // A read for more than a record (a long body) may bring as many records at once.
+        let room = if max > BUF_CAPACITY { max + 1024 } else { 0 };
+        let mut taken = 0;
         loop {
             match self.tls.reader().fill_buf() {
                 Ok(chunk) if !chunk.is_empty() => {
-                    let n = chunk.len().min(max);
+                    let n = chunk.len().min(max - taken);
                     dst.extend_from_slice(&chunk[..n]);
                     self.tls.reader().consume(n);
-                    return Ok(n);
+                    taken += n;
+                    if taken == max {
+                        return Ok(taken);
+                    }
+                    continue;
                 }
-                Ok(_) => return Ok(0),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Ok(_) => return Ok(taken),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // More ciphertext at hand is decrypted without waiting; the socket is read
+                    // only when nothing was taken.
+                    if taken > 0 && self.rx_pos >= self.rx.get_ref().len() {
+                        return Ok(taken);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(taken),
+                Err(_) if taken > 0 => return Ok(taken),
                 Err(e) => return Err(e),
             }
-            if self.feed().await? == 0 {
+            if self.feed(room).await? == 0 {
                 // rustls now knows about the EOF; the next fill_buf reports it.
                 continue;
             }
@@ -198,8 +213,8 @@ impl TlsConn {
 
     /// Hands buffered ciphertext to rustls, reading from the socket first if none is buffered.
     /// Returns the number of ciphertext bytes fed (0 at EOF).
-    async fn feed(&mut self) -> io::Result<usize> {
-        let n = self.take_in().await?;
+    async fn feed(&mut self, room: usize) -> io::Result<usize> {
+        let n = self.take_in(room).await?;
         if n > 0 {
             self.process().await?;
         }
@@ -208,10 +223,10 @@ impl TlsConn {
 
     /// Hands buffered ciphertext to rustls without processing it, reading from the socket
     /// first if none is buffered. Returns the number of bytes handed over (0 at EOF).
-    async fn take_in(&mut self) -> io::Result<usize> {
+    async fn take_in(&mut self, room: usize) -> io::Result<usize> {
         if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
-            let n = self.rx.refill(&mut self.tcp).await?;
+            let n = self.rx.refill(&mut self.tcp, room).await?;
             if n == 0 {
                 self.tls.read_tls(&mut io::empty())?;
                 return Ok(0);

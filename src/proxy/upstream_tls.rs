@@ -209,7 +209,7 @@ impl TlsReadHalf {
         if self.rx_pos >= self.rx.get_ref().len() {
             self.rx_pos = 0;
             self.broken = true;
-            let n = self.rx.refill(&mut self.tcp).await?;
+            let n = self.rx.refill(&mut self.tcp, 0).await?;
             self.broken = false;
             if n == 0 {
                 // rustls learns of the EOF: its reader then says whether close_notify came
