@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Crowds, side by side, certgate vs nginx (issue 12, goals 1, 4 and 5): memory per idle mTLS
 # connection, keep-alive latency under a handshake flood, and many idle connections on one
-# worker. See loadtest/CROWD.md for what each scenario does and how it is computed.
+# worker. See loadtest/README.md ("Crowds") for what each scenario does and how it is computed.
 #
 #   sudo loadtest/crowd.sh                                 # all three, RUNS=5 (many: 3)
 #   sudo CROWD_SCENARIOS=flood RUNS=1 loadtest/crowd.sh    # one scenario, one run
