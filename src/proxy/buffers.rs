@@ -21,7 +21,7 @@ pub const BUF_CAPACITY: usize = 16 * 1024 + 1024;
 /// How much of a long body one read takes, from the app or from the client: four TLS records.
 /// Read 16 KiB at a time, a 128 MiB download cost 8192 reads from the app, 8192 flushes and
 /// as many trips through the event loop; at 64 KiB a quarter of each. A buffer grown to this
-/// still goes back to the pool (see `Drop`).
+/// is freed when dropped, not pooled (see `Drop`).
 pub const BULK_READ: usize = 64 * 1024;
 /// Free buffers kept per worker; beyond that, returned buffers are freed.
 const POOL_MAX: usize = 1024;
@@ -55,8 +55,9 @@ pub fn pooled_bytes() -> usize {
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.0);
-        // Oversized ones (grown for a large head) are freed rather than pooled.
-        if buf.capacity() < BUF_CAPACITY || buf.capacity() > 4 * BUF_CAPACITY {
+        // Grown ones (a large head, a long body's 64 KiB reads) are freed rather than pooled:
+        // the pool would hand them out for any use.
+        if buf.capacity() < BUF_CAPACITY || buf.capacity() > 2 * BUF_CAPACITY {
             return;
         }
         buf.clear();
