@@ -52,13 +52,12 @@ order() { if (($1 % 2)); then echo "${CROWD[*]}"; else printf '%s\n' "${CROWD[@]
 
 # ---------------------------------------------------------------------------------------------
 # Configurations: run.sh's, with timeouts long enough that nothing idle is closed while it is
-# measured. certgate's is written here in full (run.sh's certgate_conf plus [timeouts] and
-# [limits] could clash with tables it may gain); nginx's is run.sh's nginx_conf, edited.
+# measured: certgate's is run.sh's certgate_conf with [timeouts], [limits] and [admin] after it
+# (a table run.sh's gains too is a duplicate-key error at startup, never silently lost); nginx's
+# is run.sh's nginx_conf, edited.
 crowd_certgate_conf() {  # MODE(on|off) ADMIN(0|1)
+  certgate_conf "$1"
   cat <<EOF
-[server]
-workers = 1
-pin_workers = false   # taskset pins the whole process to core $TERM_CPU
 
 [timeouts]
 keep_alive = "${IDLE_TIMEOUT}s"
@@ -68,17 +67,7 @@ request_header = "${IDLE_TIMEOUT}s"
 max_connections_per_worker = 1000000   # the many scenario: the open-file limit decides
 EOF
   (($2)) && printf '\n[admin]\nbind = "127.0.0.1:%s"\n' "$ADMIN_PORT"
-  cat <<EOF
-
-[[listener]]
-name = "loadtest"
-bind = "127.0.0.1:${PORT[certgate]}"
-cert = "$WORK/certs/server.pem"
-key = "$WORK/certs/server.key"
-client_certificate_mode = "accept"
-upstream = "127.0.0.1:$UPSTREAM_PORT"
-session_resumption = $([[ $1 == on ]] && echo true || echo false)
-EOF
+  return 0
 }
 
 # nginx closes idle keep-alive connections ("worker_connections are not enough, reusing
