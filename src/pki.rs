@@ -119,6 +119,24 @@ impl Ca {
         &self.issued
     }
 
+    /// A rustls client configuration that trusts this CA and, when given, presents `identity`
+    /// (the unit tests' TLS clients).
+    #[cfg(test)]
+    pub fn client_config(&self, identity: Option<&Issued>) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issued.cert_der.clone()).expect("root");
+        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        match identity {
+            Some(id) => builder
+                .with_client_auth_cert(vec![id.cert_der.clone()], id.key_der.clone_key())
+                .expect("client certificate"),
+            None => builder.with_no_client_auth(),
+        }
+    }
+
     /// Intermediates to send after a leaf issued by this CA, nearest first; empty for a root.
     pub fn chain(&self) -> &[Issued] {
         &self.chain

@@ -44,11 +44,10 @@ struct State {
     granted: Vec<u64>,
     next_ticket: u64,
     ticker_running: bool,
-    /// The always-writable socket the ticker polls; `None` until first needed, or when it
-    /// could not be made (then the ticker only yields).
+    /// The always-writable socket the ticker polls; `None` until first needed.
     beacon: Option<Rc<monoio::net::udp::UdpSocket>>,
-    beacon_failed: bool,
-    /// Set when the loop's turns cannot be seen: then no step waits.
+    /// Set when the loop's turns cannot be seen (the epoll driver, or no socket for the
+    /// beacon): then no step waits, as before turns.
     unlimited: bool,
 }
 
@@ -61,8 +60,8 @@ impl HandshakeTurns {
         }
     }
 
-    /// Steps now waiting (for tests and metrics).
-    pub fn waiting(&self) -> usize {
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.0.borrow().queue.len()
     }
 
@@ -72,12 +71,10 @@ impl HandshakeTurns {
             return;
         }
         s.ticker_running = true;
-        if s.beacon.is_none() && !s.beacon_failed {
-            match beacon() {
-                Ok(sock) => s.beacon = Some(Rc::new(sock)),
-                // Out of descriptors in a flood, say: turns then come one per pass.
-                Err(_) => s.beacon_failed = true,
-            }
+        if s.beacon.is_none() {
+            // Without one (out of descriptors in a flood, say) the ticker finds no beacon and
+            // lifts the limit for good.
+            s.beacon = beacon().ok().map(Rc::new);
         }
         drop(s);
         monoio::spawn(ticker(self.clone()));

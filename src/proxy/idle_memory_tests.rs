@@ -102,14 +102,7 @@ session_resumption = true
         c.cache = plan.cache;
         c.upstream_host = plan.upstream_host.into_bytes();
         c.timeouts = timeouts;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(root.issued().cert_der.clone()).expect("root");
-        let client = ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![client.cert_der.clone()], client.key_der.clone_key())
-            .expect("client config");
+        let client = root.client_config(Some(&client));
         Bench {
             rt: Runtime::new(uring),
             ctx,

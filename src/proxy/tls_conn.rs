@@ -130,10 +130,14 @@ impl TlsConn {
         }
     }
 
+    /// True when every ciphertext byte read from the socket has been handed to rustls.
+    fn rx_drained(&self) -> bool {
+        self.rx_pos >= self.rx.get_ref().len()
+    }
+
     /// True when decrypted or undecrypted client bytes are already buffered.
     pub fn has_buffered_input(&mut self) -> bool {
-        self.rx_pos < self.rx.get_ref().len()
-            || matches!(self.tls.reader().fill_buf(), Ok(b) if !b.is_empty())
+        !self.rx_drained() || matches!(self.tls.reader().fill_buf(), Ok(b) if !b.is_empty())
     }
 
     /// Takes the connection apart for a poll-driven protocol (HTTP/2): the socket, the rustls
@@ -161,7 +165,7 @@ impl TlsConn {
     /// yields nothing is such a call: it shrinks the buffer and changes nothing else (no bytes,
     /// no EOF). The 4 KiB it keeps is the least rustls 0.23 allows.
     pub fn release_buffers(&mut self) {
-        if self.rx_pos >= self.rx.get_ref().len() {
+        if self.rx_drained() {
             self.rx_pos = 0;
             self.rx.release();
         }
@@ -192,7 +196,7 @@ impl TlsConn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // More ciphertext at hand is decrypted without waiting; the socket is read
                     // only when nothing was taken.
-                    if taken > 0 && self.rx_pos >= self.rx.get_ref().len() {
+                    if taken > 0 && self.rx_drained() {
                         return Ok(taken);
                     }
                 }
@@ -224,7 +228,7 @@ impl TlsConn {
     /// Hands buffered ciphertext to rustls without processing it, reading from the socket
     /// first if none is buffered. Returns the number of bytes handed over (0 at EOF).
     async fn take_in(&mut self, room: usize) -> io::Result<usize> {
-        if self.rx_pos >= self.rx.get_ref().len() {
+        if self.rx_drained() {
             self.rx_pos = 0;
             let n = self.rx.refill(&mut self.tcp, room).await?;
             if n == 0 {

@@ -28,13 +28,7 @@ fn pki() -> &'static Pki {
             .with_no_client_auth()
             .with_single_cert(vec![cert.cert_der.clone()], cert.key_der.clone_key())
             .expect("server config");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(root.issued().cert_der.clone()).expect("root");
-        let client = ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client = root.client_config(None);
         Pki {
             server: Arc::new(server),
             client: Arc::new(client),
