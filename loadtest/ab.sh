@@ -90,9 +90,8 @@ ab_meta() {
   python3 - "$WORK/meta.json" "$@" <<EOF
 import json, sys
 json.dump({
+$(machine_meta)
   "mode": "$MODE",
-  "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-  "started": "$STARTED_AT",
   "variants": {"$A": {"label": "$LABEL_A", "bin": "$BIN_A", "sha256": "$(sha256sum "$BIN_A" | cut -c1-16)"},
                "$B": {"label": "$LABEL_B", "bin": "$BIN_B", "sha256": "$(sha256sum "$BIN_B" | cut -c1-16)"}},
   "order": ["$A", "$B"],
@@ -102,11 +101,6 @@ json.dump({
   "load_max": $LOAD_MAX,
   "load_wait_s": $LOAD_WAIT,
   "nice": $NICE,
-  "nproc": "$(nproc)",
-  "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
-  "kernel": "$(uname -r)",
-  "loadavg_start": "$LOADAVG_START",
-  "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "versions": {
     "wrk": "$(wrk -v 2>&1 | head -1 | awk '{print $2}')",
     "oha": "$([[ -n $OHA ]] && "$OHA" --version 2>&1 | head -1 || echo missing)",

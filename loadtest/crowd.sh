@@ -232,13 +232,11 @@ estimate() {
 }
 
 crowd_meta() {
-  local commit; commit=${CERTGATE_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
   python3 - "$WORK/meta.json" <<EOF
 import json, sys
 json.dump({
-  "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-  "started": "$STARTED_AT",
-  "commit": "$commit",
+$(machine_meta)
+  "commit": "$(commit_label)",
   "certgate_bin": "$CERTGATE_BIN",
   "certgate_sha256": "$(sha256sum "$CERTGATE_BIN" | cut -c1-16)",
   "scenarios": "${SCENARIOS[*]}",
@@ -249,11 +247,6 @@ json.dump({
   "many_asked": $MANY_CONNS, "many_n": ${MANY_N:-0}, "many_why": """${MANY_WHY:-}""",
   "many_procs": ${MANY_PROCS:-0}, "many_duration_s": $MANY_DURATION,
   "nofile": $NOFILE, "nice": $NICE,
-  "nproc": "$(nproc)",
-  "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
-  "kernel": "$(uname -r)",
-  "loadavg_start": "$LOADAVG_START",
-  "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "versions": {
     "certgate": "$("$CERTGATE_BIN" --version 2>&1 | head -1)",
     "nginx": "$(nginx -v 2>&1 | sed 's/.*: //')",

@@ -609,18 +609,33 @@ scenario_replicas() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# 7. Metadata for the report header.
-write_meta() {
-  local commit; commit=${CERTGATE_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
-  python3 - "$WORK/meta.json" <<EOF
-import json, sys
-json.dump({
+# 7. Metadata for the report header (machine_meta and commit_label serve crowd.sh and ab.sh too).
+
+# machine_meta: the machine's facts, as lines of the Python dict literal a *_meta function
+# writes: date, start, cores, CPU, kernel, load average at the start and now.
+machine_meta() {
+  cat <<EOF
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "started": "$STARTED_AT",
-  "commit": "$commit",
   "nproc": "$(nproc)",
   "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
   "kernel": "$(uname -r)",
+  "loadavg_start": "$LOADAVG_START",
+  "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
+EOF
+}
+
+# The commit the report names: CERTGATE_COMMIT (a copied binary's), else the checkout's.
+commit_label() {
+  echo "${CERTGATE_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+}
+
+write_meta() {
+  python3 - "$WORK/meta.json" <<EOF
+import json, sys
+json.dump({
+$(machine_meta)
+  "commit": "$(commit_label)",
   "duration_s": "$DURATION",
   "runs": $RUNS,
   "scenarios": "${RUN_SCENARIOS[*]}",
@@ -629,8 +644,6 @@ json.dump({
   "bulk_bytes": $BULK_BYTES,
   "body_bytes": $BODY_BYTES,
   "idle_conns": "$IDLE_CONNS",
-  "loadavg_start": "$LOADAVG_START",
-  "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "oha_pinned": "$OHA_VERSION",
   "tls": {t: open(f"$WORK/tls-{t}.txt").read().strip() for t in "${TARGETS[*]}".split()
           if __import__("os").path.exists(f"$WORK/tls-{t}.txt")},
