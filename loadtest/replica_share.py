@@ -13,24 +13,9 @@ kernel's choice; these counters are the only place that says what each of them d
 
 import argparse
 import json
-import re
 import sys
-import urllib.request
 
-SAMPLE = re.compile(r'^certgate_handshakes_total\{([^}]*)\} (\S+)$', re.M)
-
-
-def handshakes(url):
-    """(resumed, full) handshakes completed so far by the replica behind `url`."""
-    with urllib.request.urlopen(url, timeout=5) as f:
-        text = f.read().decode()
-    resumed = full = 0.0
-    for labels, value in SAMPLE.findall(text):
-        if 'resumed="true"' in labels:
-            resumed += float(value)
-        else:
-            full += float(value)
-    return resumed, full
+import resumed
 
 
 def main():
@@ -41,7 +26,7 @@ def main():
     ap.add_argument("--scenario")
     ap.add_argument("--out")
     a = ap.parse_args()
-    now = {u: handshakes(u) for u in a.urls}
+    now = {u: resumed.certgate(u) for u in a.urls}  # (resumed, total)
     if a.action == "save":
         with open(a.before, "w") as f:
             json.dump(now, f)
@@ -50,13 +35,13 @@ def main():
     replicas = []
     for i, u in enumerate(a.urls):
         r = now[u][0] - before[u][0]
-        n = r + now[u][1] - before[u][1]
+        n = now[u][1] - before[u][1]
         replicas.append({"replica": chr(ord("A") + i), "admin": u, "handshakes": int(n),
                          "resumed": int(r), "share": r / n if n else None})
     total = sum(x["handshakes"] for x in replicas)
-    resumed = sum(x["resumed"] for x in replicas)
+    resumed_total = sum(x["resumed"] for x in replicas)
     line = {"kind": "replica_share", "scenario": a.scenario, "replicas": replicas,
-            "handshakes": total, "resumed_share": resumed / total if total else None}
+            "handshakes": total, "resumed_share": resumed_total / total if total else None}
     with open(a.out, "a") as f:
         f.write(json.dumps(line) + "\n")
     shares = "  ".join(
