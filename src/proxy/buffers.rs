@@ -149,7 +149,9 @@ impl Slot {
         self.lend(|mut buf| async move {
             buf.clear();
             if buf.capacity() < room {
-                buf.reserve_exact(room);
+                // A fresh block, not a grown one: growing copies the old block's every byte,
+                // though none of them is wanted. The pooled one goes back to the pool.
+                buf = PooledBuf(Vec::with_capacity(room));
             }
             let cap = buf.capacity();
             let (res, slice) = r.read(buf.slice_mut(0..cap)).await;

@@ -21,7 +21,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::*;
 use crate::demo::echo::EchoApp;
-use crate::test_alloc::held;
+use crate::test_alloc::{asked, held};
 
 /// One request: (request body bytes, response body bytes); no body means a GET.
 type Exchange = (usize, usize);
@@ -112,10 +112,10 @@ session_resumption = true
         }
     }
 
-    /// Heap bytes the worker thread holds for one connection that ran `script` and now idles:
-    /// counted from before the accept to the idle wait, after a warm-up connection ran the same
-    /// script and closed.
-    fn idle_bytes(&mut self, script: &[Exchange]) -> isize {
+    /// What the worker thread spent on one connection that ran `script` and now idles, counted
+    /// from before the accept to the idle wait, after a warm-up connection ran the same script
+    /// and closed.
+    fn run(&mut self, script: &[Exchange]) -> Spent {
         let listener = StdListener::bind("127.0.0.1:0").expect("bind");
         let (ctx, client) = (&self.ctx, &self.client);
         self.rt.block_on(async {
@@ -124,14 +124,25 @@ session_resumption = true
             warm.close().await;
             // The client thread and its channels are the test's, made before counting starts.
             let mut conn = Conn::client(&listener, client, script);
-            let before = connection_bytes();
+            let (held_before, asked_before) = (connection_bytes(), asked());
             conn.serve(&listener, ctx);
             conn.wait_done().await;
-            let idle = settled().await - before;
+            let spent = Spent {
+                idle: settled().await - held_before,
+                asked: asked() - asked_before,
+            };
             conn.close().await;
-            idle
+            spent
         })
     }
+}
+
+/// What a connection cost the worker thread's heap.
+struct Spent {
+    /// Bytes it holds while it idles.
+    idle: isize,
+    /// Bytes it asked the allocator for, from its accept until it idled.
+    asked: usize,
 }
 
 /// The unit tests' runtime: the epoll driver, which every kernel has, or io_uring.
@@ -341,14 +352,43 @@ fn idle_connection_holds_no_more_than_its_budget() {
     };
     for &uring in drivers {
         let mut bench = Bench::new(uring);
-        let one = bench.idle_bytes(ONE_REQUEST);
-        let mixed = bench.idle_bytes(&mixed_requests());
+        let one = bench.run(ONE_REQUEST).idle;
+        let mixed = bench.run(&mixed_requests()).idle;
         let driver = if uring { "io_uring" } else { "epoll" };
         eprintln!("{driver}: {one} bytes after one request, {mixed} after 100 mixed");
         assert!(
             one <= IDLE_BUDGET && mixed <= IDLE_BUDGET,
             "{driver}: an idle connection holds {one} bytes after one request and {mixed} \
              after 100 of mixed sizes; the budget is {IDLE_BUDGET}"
+        );
+    }
+}
+
+/// Heap bytes a small keep-alive request may ask the allocator for, once its connection is up:
+/// the boxed future of the exchange (`Session::run`; 8.4 KiB, most of it monoio timers) and a
+/// few small records, never a buffer grown for a long body's 64 KiB reads (a head read once
+/// asked for one, and each request reallocated the ciphertext buffer: 92 KiB asked for).
+const SMALL_REQUEST_ASK_BUDGET: usize = 12 * 1024;
+
+#[test]
+fn a_small_keep_alive_request_asks_the_allocator_for_little() {
+    let drivers: &[bool] = if monoio::utils::detect_uring() {
+        &[true, false]
+    } else {
+        &[false]
+    };
+    for &uring in drivers {
+        let mut bench = Bench::new(uring);
+        // The difference between two connections cancels the handshake and the first request.
+        let few = bench.run(&[(0, 3); 10]).asked;
+        let many = bench.run(&[(0, 3); 60]).asked;
+        let per_request = many.saturating_sub(few) / 50;
+        let driver = if uring { "io_uring" } else { "epoll" };
+        eprintln!("{driver}: {per_request} bytes asked for per small keep-alive request");
+        assert!(
+            per_request <= SMALL_REQUEST_ASK_BUDGET,
+            "{driver}: a small keep-alive request asks the allocator for {per_request} bytes; \
+             the budget is {SMALL_REQUEST_ASK_BUDGET}"
         );
     }
 }

@@ -361,7 +361,12 @@ impl Session {
             }
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + self.ctx.timeouts.request_header);
-            let max = self.ctx.limits.max_head_bytes + 1;
+            // A record's worth at a time, never more than one past the limit: the parser
+            // refuses a head that reaches it. Asking for more would make the read size its
+            // ciphertext buffer for a long body's reads (`TlsConn::read_plain`).
+            let max = (self.ctx.limits.max_head_bytes + 1)
+                .saturating_sub(self.client.pending().len())
+                .min(buffers::BUF_CAPACITY);
             let n = match monoio::time::timeout_at(deadline, self.client.read(max)).await {
                 Ok(r) => r.map_err(ClientError::Io)?,
                 Err(_) if self.client.pending().is_empty() => return Ok(None),
