@@ -298,7 +298,9 @@ bench() {
   local t=$1 s=$2 tool=$3; shift 3
   local perfpid=""
   if [[ ${PERF:-0} == 1 && $t == certgate && ($s == ka-mtls || $s == new-full-mtls) ]] && command -v perf >/dev/null; then
-    perf record -q -F 499 -g -p "${PID[certgate]}" -o "$WORK/perf-$s.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    # DWARF call graphs: the release build keeps no frame pointers, so -g's stacks end in
+    # garbage and a realloc's memcpy cannot be traced to the read that grew the buffer.
+    perf record -q -F 299 --call-graph dwarf,32768 -p "${PID[certgate]}" -o "$WORK/perf-$s.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     perfpid=$!
   fi
   # BENCH_TAGS ("key=value ...", added to the result line) and RAW_SUFFIX label the runs.
