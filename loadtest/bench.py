@@ -188,15 +188,17 @@ def main():
     # The counters are read outside the CPU window: a scrape costs the terminator CPU too.
     h0 = _snapshot(a.resumed)
     u0 = upstream_accepts(a.upstream_status)
-    cpu = lambda: sum(procstat.cpu_ticks(p) for p in a.pid)
-    t0, c0 = time.monotonic(), cpu()
+    def cpu():  # (user, system) ticks of every process tree measured
+        split = [procstat.cpu_split(p) for p in a.pid]
+        return sum(u for u, _ in split), sum(s for _, s in split)
+    t0, (u0_ticks, s0_ticks) = time.monotonic(), cpu()
     try:
         # Generous bound: a hung load generator must not hang the whole run.
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration * 3 + 30)
         text, rc = p.stdout + p.stderr, p.returncode
     except subprocess.TimeoutExpired as e:
         text, rc = f"TIMEOUT after {e.timeout}s\n{e.stdout or ''}", 124
-    c1, t1 = cpu(), time.monotonic()
+    (u1_ticks, s1_ticks), t1 = cpu(), time.monotonic()
     u1 = upstream_accepts(a.upstream_status)
     h1 = _snapshot(a.resumed)
     with open(a.raw, "w") as f:
@@ -209,7 +211,9 @@ def main():
              "note": f"unparsable output ({e.__class__.__name__}), see {a.raw}"}
     if a.tool == "curl":
         check_transfers(r, a.expect_bytes, a.direction)
-    cpu_us = (c1 - c0) * 1e6 / procstat.CLK_TCK
+    user_us = (u1_ticks - u0_ticks) * 1e6 / procstat.CLK_TCK
+    sys_us = (s1_ticks - s0_ticks) * 1e6 / procstat.CLK_TCK
+    cpu_us = user_us + sys_us
     wall = t1 - t0
     if a.tool == "curl":
         r["rps"] = r["requests"] / wall if wall else 0.0
@@ -222,6 +226,9 @@ def main():
         "target": a.target, "scenario": a.scenario, "tool": a.tool, "rc": rc,
         "cpu_us_total": cpu_us,
         "cpu_us_per_req": cpu_us / r["requests"] if r["requests"] else None,
+        # The same, split: user space, and the kernel on the terminator's behalf.
+        "user_us_per_req": user_us / r["requests"] if r["requests"] else None,
+        "sys_us_per_req": sys_us / r["requests"] if r["requests"] else None,
         # Share of one core the terminator used while the command ran (100 = saturated).
         "cpu_pct": 100.0 * cpu_us / 1e6 / wall if wall else None,
         "wall_s": wall,

@@ -6,6 +6,7 @@ sums the threads of one process, including threads that have exited.
 
 Used as a module by bench.py and idle_conns.py, and from the shell:
     python3 procstat.py cpu PID   -> clock ticks (utime+stime) of the tree
+    python3 procstat.py split PID -> clock ticks of the tree: utime, then stime
     python3 procstat.py rss PID   -> VmRSS of the tree, KiB
 """
 
@@ -42,17 +43,24 @@ def tree(root):
     return out
 
 
-def cpu_ticks(root):
-    """utime + stime of the tree, in clock ticks."""
-    total = 0
+def cpu_split(root):
+    """(utime, stime) of the tree, in clock ticks: user space, and the kernel on its behalf
+    (system calls, and the softirq work of loopback TCP that runs in them)."""
+    user = system = 0
     for pid in tree(root):
         try:
             f = _stat_fields(pid)
         except OSError:
             continue
         # Fields 14 (utime) and 15 (stime); rest[0] is field 3.
-        total += int(f[11]) + int(f[12])
-    return total
+        user += int(f[11])
+        system += int(f[12])
+    return user, system
+
+
+def cpu_ticks(root):
+    """utime + stime of the tree, in clock ticks."""
+    return sum(cpu_split(root))
 
 
 def rss_kib(root):
@@ -72,4 +80,9 @@ def rss_kib(root):
 
 if __name__ == "__main__":
     what, pid = sys.argv[1], sys.argv[2]
-    print(cpu_ticks(pid) if what == "cpu" else rss_kib(pid))
+    if what == "cpu":
+        print(cpu_ticks(pid))
+    elif what == "split":
+        print(*cpu_split(pid))
+    else:
+        print(rss_kib(pid))

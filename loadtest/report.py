@@ -301,6 +301,23 @@ def markdown(rows, meta, notes):
         for s in ka:
             cells = [runs.ratios(s, PLAIN, (t, None)).text(2, "×") for t in TARGETS]
             out.append(f"| {s} | " + " | ".join(cells) + " |")
+    split = [s for s in ka if runs.stat(s, "certgate", "sys_us_per_req").n]
+    if split:
+        # What the floor is made of: most of a keep-alive request is the kernel's loopback TCP
+        # work, which a terminator can batch but not avoid.
+        out += ["", "## User space and kernel, µs per request: median of the runs", "",
+                "utime and stime of each terminator's processes (from /proc, 10 ms ticks): the "
+                "kernel's share is system calls and the loopback TCP work that runs inside them "
+                "(the sender's softirq delivers each segment to the receiver).", "",
+                "| scenario | " + " | ".join(f"{t} user / kernel" for t in TARGETS + [PLAIN])
+                + " |", "|---|" + "---:|" * (len(TARGETS) + 1)]
+        for s in split:
+            cells = []
+            for t in TARGETS + [PLAIN]:
+                u = runs.stat(s, t, "user_us_per_req").median
+                k = runs.stat(s, t, "sys_us_per_req").median
+                cells.append("–" if u is None or k is None else f"{fmt(u)} / {fmt(k)}")
+            out.append(f"| {s} | " + " | ".join(cells) + " |")
     if runs.rows("ka-mtls-ops", "certgate-ops"):
         st = runs.ratios("ka-mtls-ops", ("certgate", "ka-mtls"), ("certgate-ops", None))
         out += ["", f"Operations overhead, certgate ka-mtls-ops ÷ ka-mtls of the same run: "
