@@ -10,13 +10,12 @@
 //! (`loadtest/run.sh`), where one enter carries many connections' I/O, but they move with the
 //! relay's own work and not with what else the machine runs.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certgate::demo::echo::EchoApp;
+use certgate::demo::echo::{self, EchoApp};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
@@ -76,14 +75,14 @@ fn keepalive(c: &mut Criterion) {
         let mut conn = connect(addr, client_config.clone());
         // Warm: the connection has served requests, the worker's pools and caches are made.
         for _ in 0..20 {
-            exchange(&mut conn, ex.up, ex.down);
+            echo::request(&mut conn, ex.up, ex.down).unwrap();
         }
         group.throughput(Throughput::Elements(1));
         group.bench_function(ex.name, |b| {
             b.iter_custom(|iters| {
                 let before = worker.cpu();
                 for _ in 0..iters {
-                    exchange(&mut conn, ex.up, ex.down);
+                    echo::request(&mut conn, ex.up, ex.down).unwrap();
                 }
                 worker.cpu() - before
             })
@@ -142,44 +141,6 @@ fn connect(addr: std::net::SocketAddr, config: Arc<ClientConfig>) -> Client {
         conn.complete_io(&mut tcp).unwrap();
     }
     StreamOwned::new(conn, tcp)
-}
-
-/// One keep-alive request with `up` body bytes for an answer of `down` body bytes (the echo
-/// app's `/bytes/N`); reads the whole response.
-fn exchange(c: &mut Client, up: usize, down: usize) {
-    let head = if up == 0 {
-        format!("GET /bytes/{down} HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    } else {
-        format!("POST /bytes/{down} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {up}\r\n\r\n")
-    };
-    c.write_all(head.as_bytes()).unwrap();
-    let block = [b'x'; 16 * 1024];
-    let mut left = up;
-    while left > 0 {
-        let n = left.min(block.len());
-        c.write_all(&block[..n]).unwrap();
-        left -= n;
-    }
-    c.flush().unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let body_start = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = c.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the response head");
-        got.extend_from_slice(&buf[..n]);
-    };
-    let head = std::str::from_utf8(&got[..body_start]).unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut have = got.len() - body_start;
-    while have < down {
-        let n = c.read(&mut buf).unwrap();
-        assert!(n > 0, "closed inside the body");
-        have += n;
-    }
-    assert_eq!(have, down, "the whole body and nothing more");
 }
 
 criterion_group! {

@@ -224,3 +224,56 @@ fn write_pattern(w: &mut TcpStream, n: usize, chunked: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// One keep-alive request to the app's `/bytes/{down}` over `stream` (a TLS client stream to
+/// certgate, in the tests and benches): a GET, or a POST of `up` bytes when `up > 0`. Reads the
+/// whole answer and fails unless it is a 200 with exactly `down` body bytes.
+pub fn request<S: Read + Write>(stream: &mut S, up: usize, down: usize) -> io::Result<()> {
+    let head = if up == 0 {
+        format!("GET /bytes/{down} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    } else {
+        format!("POST /bytes/{down} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {up}\r\n\r\n")
+    };
+    stream.write_all(head.as_bytes())?;
+    let block = [b'x'; 16 * 1024];
+    let mut left = up;
+    while left > 0 {
+        let n = left.min(block.len());
+        stream.write_all(&block[..n])?;
+        left -= n;
+    }
+    stream.flush()?;
+    let broken = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let body_start = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(broken("closed before the response head".into()));
+        }
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..body_start]);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if !head.starts_with("HTTP/1.1 200") || length != Some(down) {
+        return Err(broken(format!("unexpected answer: {head}")));
+    }
+    let mut have = got.len() - body_start;
+    while have < down {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(broken(format!("closed after {have} of {down} body bytes")));
+        }
+        have += n;
+    }
+    if have != down {
+        return Err(broken(format!("{have} body bytes, {down} expected")));
+    }
+    Ok(())
+}

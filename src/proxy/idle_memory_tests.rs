@@ -9,7 +9,7 @@
 //! parked upstream connection, the chain cache's entry for the client's certificate) is made
 //! by a warm-up connection running the same requests before counting starts.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener as StdListener, TcpStream as StdTcp};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -209,7 +209,7 @@ impl Conn {
         let client = thread::spawn(move || {
             let mut c = connect_client(addr, config);
             for &(up, down) in &script {
-                exchange(&mut c, up, down);
+                crate::demo::echo::request(&mut c, up, down).expect("exchange");
             }
             done_tx.send(()).expect("test alive");
             let _ = close_rx.recv();
@@ -289,46 +289,12 @@ fn connect_client(addr: std::net::SocketAddr, config: Arc<ClientConfig>) -> Clie
     StreamOwned::new(conn, tcp)
 }
 
-/// One keep-alive request with `up` body bytes for an answer of `down` body bytes (the echo
-/// app's `/bytes/N`); reads the whole response.
-fn exchange(c: &mut Client, up: usize, down: usize) {
-    let head = if up == 0 {
-        format!("GET /bytes/{down} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+/// The binary's driver where the kernel has io_uring (`true`), and the epoll fallback.
+fn drivers() -> &'static [bool] {
+    if monoio::utils::detect_uring() {
+        &[true, false]
     } else {
-        format!("POST /bytes/{down} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {up}\r\n\r\n")
-    };
-    c.write_all(head.as_bytes()).expect("send head");
-    let block = [b'x'; 16 * 1024];
-    let mut left = up;
-    while left > 0 {
-        let n = left.min(block.len());
-        c.write_all(&block[..n]).expect("send body");
-        left -= n;
-    }
-    c.flush().expect("flush");
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let body_start = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = c.read(&mut buf).expect("read head");
-        assert!(n > 0, "closed before the response head");
-        got.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&got[..body_start]).to_string();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Content-Length");
-    assert_eq!(length, down);
-    let mut have = got.len() - body_start;
-    while have < length {
-        let n = c.read(&mut buf).expect("read body");
-        assert!(n > 0, "closed inside the body");
-        have += n;
+        &[false]
     }
 }
 
@@ -344,13 +310,7 @@ const IDLE_BUDGET: isize = 9 * 1024;
 
 #[test]
 fn idle_connection_holds_no_more_than_its_budget() {
-    // The binary's driver where the kernel has io_uring, and the epoll fallback.
-    let drivers: &[bool] = if monoio::utils::detect_uring() {
-        &[true, false]
-    } else {
-        &[false]
-    };
-    for &uring in drivers {
+    for &uring in drivers() {
         let mut bench = Bench::new(uring);
         let one = bench.run(ONE_REQUEST).idle;
         let mixed = bench.run(&mixed_requests()).idle;
@@ -372,12 +332,7 @@ const SMALL_REQUEST_ASK_BUDGET: usize = 12 * 1024;
 
 #[test]
 fn a_small_keep_alive_request_asks_the_allocator_for_little() {
-    let drivers: &[bool] = if monoio::utils::detect_uring() {
-        &[true, false]
-    } else {
-        &[false]
-    };
-    for &uring in drivers {
+    for &uring in drivers() {
         let mut bench = Bench::new(uring);
         // The difference between two connections cancels the handshake and the first request.
         let few = bench.run(&[(0, 3); 10]).asked;
