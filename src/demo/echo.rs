@@ -3,8 +3,10 @@
 //! It answers every request with the exact head bytes it received followed by the length and
 //! SHA-256 of the body, so a client sees precisely what certgate forwarded. A few paths make it
 //! produce large or differently framed responses: `/bytes/N` (Content-Length), `/chunked/N`
-//! (chunked), `/close/N` (delimited by closing the connection). Plain threads and blocking
-//! sockets: this is test and demo equipment, not part of the data path.
+//! (chunked), `/close/N` (delimited by closing the connection). [`request`] is a client's side
+//! of one `/bytes/N` exchange, for the tests and benches that drive certgate in front of it.
+//! Plain threads and blocking sockets: this is test and demo equipment, not part of the data
+//! path.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
