@@ -92,7 +92,11 @@ def serve():
                 state = seen.track(msg.decode(), context)
             state["received"] += 1
             yield b"echo:" + msg
-        if state is not None:
+        # grpc may end a cancelled call's request iterator as if the client had half-closed
+        # (its receive finds no message before the cancellation is recorded): only a call
+        # still active a moment later completed.
+        time.sleep(0.1)
+        if state is not None and context.is_active():
             state["completed"] = True
 
     def slow(request, context):
@@ -229,7 +233,6 @@ def cancel(ch, a):
     call = method(ch, "Chat", "stream_stream")(requests(), timeout=30)
     got = [next(call) for _ in outbox]
     call.cancel()
-    gate.set()
     try:
         next(call)
         after = "message"
@@ -237,6 +240,11 @@ def cancel(ch, a):
         after = e.code().name
     except StopIteration:
         after = "end"
+    finally:
+        # Only now may the request stream end: released before the client saw the call end,
+        # grpc could half-close the stream ahead of its RST_STREAM, and a handler that sees
+        # its input end completes: a cancel after a half-close, not the mid-stream one meant.
+        gate.set()
     return {"received_before": len(got), "after_cancel": after, "server": wait_stream(ch, tag)}
 
 
