@@ -11,7 +11,6 @@
 //! relay's own work and not with what else the machine runs.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,11 +51,7 @@ const EXCHANGES: &[Exchange] = &[
 fn keepalive(c: &mut Criterion) {
     let pki = support::pki();
     let echo = EchoApp::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("certgate-bench-ka-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("server.pem"), &pki.server.cert_pem).unwrap();
-    std::fs::write(dir.join("server.key"), &pki.server.key_pem).unwrap();
+    let dir = support::listener_files(&pki);
     let text = format!(
         "[server]\nworkers = 1\npin_workers = false\n\n\
          [[listener]]\nname = \"bench\"\nbind = \"127.0.0.1:0\"\ncert = \"server.pem\"\n\

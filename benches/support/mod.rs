@@ -29,6 +29,17 @@ pub fn pki() -> Pki {
     }
 }
 
+/// A directory holding the files a bench listener's TOML names: `server.pem`, `server.key`
+/// and `ca.pem` (the root, for `client_ca`).
+pub fn listener_files(pki: &Pki) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("certgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("server.pem"), &pki.server.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &pki.server.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.root.issued().cert_pem).unwrap();
+    dir
+}
+
 /// certgate's ServerConfig for a listener in `mode`, through the real config and TLS setup.
 pub fn server(
     pki: &Pki,
@@ -37,11 +48,7 @@ pub fn server(
     resumption: bool,
     cache_size: usize,
 ) -> Arc<ServerConfig> {
-    let dir: PathBuf = std::env::temp_dir().join(format!("certgate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("server.pem"), &pki.server.cert_pem).unwrap();
-    std::fs::write(dir.join("server.key"), &pki.server.key_pem).unwrap();
-    std::fs::write(dir.join("ca.pem"), &pki.root.issued().cert_pem).unwrap();
+    let dir = listener_files(pki);
     let ca = if client_ca {
         "client_ca = \"ca.pem\"\n"
     } else {
