@@ -1,5 +1,6 @@
 """Turn work/results.jsonl + work/meta.json into results/latest.md, results/latest.svg and a
-dated copy results/<date>-<commit>.md (and .svg).
+dated copy results/<date>-<HHMM>-<commit>.md (and .svg, and .jsonl: every result line, so the
+report can be computed again).
 
     python3 report.py --work loadtest/work --results loadtest/results
     python3 report.py --work loadtest/work --results loadtest/results --only replicas
@@ -305,7 +306,7 @@ def markdown(rows, meta, notes):
     if split:
         # What the floor is made of: most of a keep-alive request is the kernel's loopback TCP
         # work, which a terminator can batch but not avoid.
-        out += ["", "## User space and kernel, µs per request: median of the runs", "",
+        out += ["", "## User space and kernel, µs per request: median (lowest–highest)", "",
                 "utime and stime of each terminator's processes (from /proc, 10 ms ticks): the "
                 "kernel's share is system calls and the loopback TCP work that runs inside them "
                 "(the sender's softirq delivers each segment to the receiver).", "",
@@ -314,9 +315,10 @@ def markdown(rows, meta, notes):
         for s in split:
             cells = []
             for t in TARGETS + [PLAIN]:
-                u = runs.stat(s, t, "user_us_per_req").median
-                k = runs.stat(s, t, "sys_us_per_req").median
-                cells.append("–" if u is None or k is None else f"{fmt(u)} / {fmt(k)}")
+                u = runs.stat(s, t, "user_us_per_req")
+                k = runs.stat(s, t, "sys_us_per_req")
+                cells.append("–" if u.median is None or k.median is None
+                             else f"{u.text()} / {k.text()}")
             out.append(f"| {s} | " + " | ".join(cells) + " |")
     if runs.rows("ka-mtls-ops", "certgate-ops"):
         st = runs.ratios("ka-mtls-ops", ("certgate", "ka-mtls"), ("certgate-ops", None))
@@ -591,11 +593,10 @@ def main():
         ] + replicas_section(rows, meta)
             + (["", "## Notes from this run", ""] + [f"- {n}" for n in notes] if notes else [])
             + [""])
-        stamp = f"{meta['date'][:10]}-{meta['date'][11:13]}{meta['date'][14:16]}-replicas-{meta['commit']}"
+        stamp = dated(meta, "replicas")
         with open(os.path.join(a.results, f"{stamp}.md"), "w") as f:
             f.write(md)
-        shutil.copy(os.path.join(a.work, "results.jsonl"),
-                    os.path.join(a.results, f"{stamp}.jsonl"))
+        keep_raw(a, stamp)
         print(md)
         return
     md = os.path.join(a.results, "latest.md")
@@ -606,12 +607,25 @@ def main():
     with open(sv, "w") as f:
         f.write(svg(rows))
     shutil.copy(os.path.join(a.work, "results.jsonl"), os.path.join(a.results, "latest.jsonl"))
-    stamp = f"{meta['date'][:10]}-{meta['commit']}"
+    stamp = dated(meta)
     # The dated copy points at its own chart, so it still renders after the next run.
     with open(os.path.join(a.results, f"{stamp}.md"), "w") as f:
         f.write(text.replace("(latest.svg)", f"({stamp}.svg)"))
     shutil.copy(sv, os.path.join(a.results, f"{stamp}.svg"))
+    keep_raw(a, stamp)
     print(text)
+
+
+def dated(meta, kind=None):
+    """The dated reports' name: day, hour and minute, and the commit, so that two runs of one
+    build on one day (a subset, then a rerun) do not overwrite each other."""
+    d = meta["date"]
+    return "-".join([d[:10], d[11:13] + d[14:16]] + ([kind] if kind else []) + [meta["commit"]])
+
+
+def keep_raw(a, stamp):
+    """Every result line beside the dated report, so that it can be computed again."""
+    shutil.copy(os.path.join(a.work, "results.jsonl"), os.path.join(a.results, f"{stamp}.jsonl"))
 
 
 if __name__ == "__main__":
